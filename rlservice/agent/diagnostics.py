@@ -1,0 +1,48 @@
+"""The quantities the papers measure (SPEC.md, Diagnostics), computed on a fixed batch at
+logging time, outside the training step."""
+
+from __future__ import annotations
+
+import torch
+
+from rlservice.agent.learner import Batch, Learner
+
+
+@torch.no_grad()
+def diagnostics(learner: Learner, batch: Batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Per-seed [K] tensors: Q statistics on dataset actions and on pi(s), PANI's
+    ood_overestimation and PARS's dormant_ratio."""
+    activations: list[torch.Tensor] = []
+    q_data = learner.critic(batch.obs, batch.actions, activations=activations).min(dim=1).values
+    q_pi = learner.critic(batch.obs, learner.actor(batch.obs)).min(dim=1).values
+    uniform = 2 * torch.rand(batch.actions.shape, generator=generator, device=batch.actions.device) - 1
+    q_uniform = learner.critic(batch.obs, uniform).min(dim=1).values
+    return {
+        "q_data_mean": q_data.mean(dim=-1),
+        "q_data_max": q_data.max(dim=-1).values,
+        "q_pi_mean": q_pi.mean(dim=-1),
+        "q_pi_max": q_pi.max(dim=-1).values,
+        "q_abs_max": torch.maximum(q_data.abs().amax(dim=-1), q_pi.abs().amax(dim=-1)),
+        "ood_overestimation": (q_uniform > q_data).float().mean(dim=-1),
+        "dormant_ratio": dormant_ratio(activations, learner.seeds),
+    }
+
+
+def dormant_ratio(activations: list[torch.Tensor], seeds: int) -> torch.Tensor:
+    """Fraction of hidden ReLU units that output zero for every sample of the batch, per seed.
+    Each activation is [K*N, B, H] (all critics of seed k are rows k*N..k*N+N-1)."""
+    dead = [(a == 0).all(dim=1).reshape(seeds, -1) for a in activations]  # [K, N*H] each
+    return torch.cat(dead, dim=1).float().mean(dim=1)
+
+
+def q_bound(reward_scale: float, max_abs_reward: float, discount: float) -> float:
+    """No value can legitimately exceed c * max|r| / (1 - gamma) in magnitude."""
+    return reward_scale * max_abs_reward / (1.0 - discount)
+
+
+def diverged(q_abs_max: torch.Tensor, losses: dict[str, torch.Tensor], limit: float) -> bool:
+    """Host-side check, called every `log_every` steps (it synchronises)."""
+    values = [q_abs_max] + list(losses.values())
+    if not all(bool(torch.isfinite(v).all()) for v in values):
+        return True
+    return float(q_abs_max.max()) > limit

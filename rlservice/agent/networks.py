@@ -1,0 +1,120 @@
+"""Networks whose layers are batched over a leading *member* dimension.
+
+A member is one independent network: one critic of the ensemble, or one seed's actor. All
+members of a layer run as one batched matmul (`baddbmm` on weights shaped [M, in, out]),
+so N critics x K seeds cost one kernel launch per layer instead of N*K.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class BatchedLinear(nn.Module):
+    """M independent Linear layers: x [M, B, in] -> [M, B, out].
+
+    Initialised like `nn.Linear` (uniform in +-1/sqrt(in) for weight and bias).
+    """
+
+    def __init__(self, members: int, in_features: int, out_features: int):
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = nn.Parameter(torch.empty(members, in_features, out_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(members, 1, out_features).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        if members is not None:
+            weight, bias = weight[members], bias[members]
+        return torch.baddbmm(bias, x, weight)
+
+
+class BatchedLayerNorm(nn.Module):
+    """LayerNorm over features with a separate affine transform per member."""
+
+    def __init__(self, members: int, features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(members, 1, features))
+        self.bias = nn.Parameter(torch.zeros(members, 1, features))
+
+    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        if members is not None:
+            weight, bias = weight[members], bias[members]
+        return torch.addcmul(bias, F.layer_norm(x, x.shape[-1:], eps=self.eps), weight)
+
+
+class BatchedMLP(nn.Module):
+    """Linear -> [LayerNorm] -> ReLU, `layers` times, then a Linear head; batched over members."""
+
+    def __init__(self, members: int, in_features: int, hidden: int, layers: int, out_features: int, layernorm: bool):
+        super().__init__()
+        self.members = members
+        sizes = [in_features] + [hidden] * layers
+        self.hidden = nn.ModuleList(BatchedLinear(members, i, o) for i, o in zip(sizes[:-1], sizes[1:]))
+        self.norms = nn.ModuleList(BatchedLayerNorm(members, hidden) for _ in range(layers)) if layernorm else None
+        self.head = BatchedLinear(members, hidden, out_features)
+
+    def forward(
+        self, x: torch.Tensor, members: torch.Tensor | None = None, activations: list | None = None
+    ) -> torch.Tensor:
+        """x [M, B, in] -> [M, B, out]. `members` picks a subset of members (then x is [len, B, in]);
+        `activations`, if given, collects each hidden layer's post-ReLU output."""
+        for i, linear in enumerate(self.hidden):
+            x = linear(x, members)
+            if self.norms is not None:
+                x = self.norms[i](x, members)
+            x = F.relu(x)
+            if activations is not None:
+                activations.append(x)
+        return self.head(x, members)
+
+
+class Actor(nn.Module):
+    """Deterministic policy per seed: s [K, B, obs] -> tanh action [K, B, act] in [-1, 1]."""
+
+    def __init__(self, seeds: int, obs_dim: int, act_dim: int, hidden: int, layers: int, layernorm: bool):
+        super().__init__()
+        self.net = BatchedMLP(seeds, obs_dim, hidden, layers, act_dim, layernorm)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(obs))
+
+
+class CriticEnsemble(nn.Module):
+    """N critics per seed as one module: (s [K, B, obs], a [K, B, act]) -> Q [K, N, B]."""
+
+    def __init__(self, seeds: int, num_critics: int, obs_dim: int, act_dim: int, hidden: int, layers: int, layernorm: bool):
+        super().__init__()
+        self.seeds, self.num_critics = seeds, num_critics
+        self.net = BatchedMLP(seeds * num_critics, obs_dim + act_dim, hidden, layers, 1, layernorm)
+
+    def forward(
+        self, obs: torch.Tensor, act: torch.Tensor, subset: torch.Tensor | None = None, activations: list | None = None
+    ) -> torch.Tensor:
+        """`subset` [K, m] picks m critics per seed (indices in [0, N)); the output is then [K, m, B]."""
+        x = torch.cat([obs, act], dim=-1)
+        k, b = x.shape[0], x.shape[1]
+        per_seed = self.num_critics if subset is None else subset.shape[1]
+        x = x.unsqueeze(1).expand(k, per_seed, b, x.shape[-1]).reshape(k * per_seed, b, x.shape[-1])
+        members = None
+        if subset is not None:
+            offsets = torch.arange(k, device=subset.device).unsqueeze(1) * self.num_critics
+            members = (subset + offsets).reshape(-1)
+        return self.net(x, members, activations).view(k, per_seed, b)
+
+
+class ValueNet(nn.Module):
+    """State value per seed: s [K, B, obs] -> V [K, B]."""
+
+    def __init__(self, seeds: int, obs_dim: int, hidden: int, layers: int):
+        super().__init__()
+        self.net = BatchedMLP(seeds, obs_dim, hidden, layers, 1, layernorm=False)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).squeeze(-1)

@@ -1,0 +1,277 @@
+"""Typed specs: YAML and `--set key=value` in, validated pydantic objects out.
+
+Resolution order for agent knobs: field defaults < preset < YAML `agent:` < `--set`.
+Every error is a `ConfigError` whose one-line message names the field and the value.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rlservice.errors import ConfigError
+
+Domain = Literal["mujoco", "antmaze", "adroit"]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AgentConfig(_Spec):
+    """Every knob of SPEC.md. The defaults are SPEC.md's; presets are combinations of them."""
+
+    algorithm: Literal["td3", "iql"] = "td3"
+    # networks
+    num_critics: int = Field(2, ge=1)
+    critic_hidden: int = Field(256, ge=1)
+    critic_layers: int = Field(2, ge=1)
+    critic_layernorm: bool = True
+    actor_hidden: int = Field(256, ge=1)
+    actor_layers: int = Field(2, ge=1)
+    actor_layernorm: bool = False
+    # optimisation
+    actor_lr: float = Field(3e-4, gt=0)
+    critic_lr: float = Field(3e-4, gt=0)
+    value_lr: float = Field(3e-4, gt=0)
+    actor_lr_schedule: Literal["constant", "cosine"] = "constant"
+    discount: float = Field(0.99, gt=0, lt=1)
+    tau: float = Field(0.005, gt=0, le=1)
+    policy_freq: int = Field(2, ge=1)
+    # critic target
+    policy_noise: float = Field(0.2, ge=0)
+    noise_clip: float = Field(0.5, ge=0)
+    target_subset: int = Field(2, ge=1)
+    # PARS: reward scaling (with LayerNorm critics) and penalty on infeasible actions
+    reward_scale: float = Field(1.0, gt=0)
+    pa_alpha: float = Field(0.0, ge=0)
+    pa_distance: float = Field(100.0, gt=0)
+    reward_min: float | None = None
+    # PANI: penalised action noise injection
+    noise_sigma: float = Field(0.0, ge=0)
+    noise_kind: Literal["gaussian", "laplace", "hybrid"] = "hybrid"
+    noise_penalty: float = Field(1.0, ge=0)
+    noise_uniform_prob: float = Field(0.1, ge=0, le=1)
+    # DMG / IQL
+    dmg_lambda: float = Field(1.0, ge=0, le=1)
+    expectile: float = Field(0.7, gt=0, lt=1)
+    awr_temperature: float = Field(0.0, ge=0)
+    awr_max_weight: float = Field(100.0, gt=0)
+    # actor
+    bc_weight: float = Field(0.4, ge=0)
+    actor_q: Literal["min", "subset_mean"] = "min"
+    actor_q_subset: int = Field(2, ge=1)
+    # data conventions (D4RL)
+    normalize_observations: bool = True
+    reward_shift: float = 0.0
+    # diagnostics
+    divergence_factor: float = Field(10.0, gt=1)
+
+    @model_validator(mode="after")
+    def _subsets_fit_ensemble(self) -> "AgentConfig":
+        for field in ("target_subset", "actor_q_subset"):
+            if getattr(self, field) > self.num_critics:
+                raise ValueError(
+                    f"{field}={getattr(self, field)} exceeds num_critics={self.num_critics}"
+                )
+        for name, value in self:
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{name}={value} is not finite")
+        return self
+
+    @property
+    def has_value_net(self) -> bool:
+        """V exists for DMG's mixed target, for IQL, and for advantage weights."""
+        return self.dmg_lambda < 1 or self.algorithm == "iql" or self.awr_temperature > 0
+
+
+class TrainConfig(_Spec):
+    steps: int = Field(1_000_000, ge=1)
+    batch_size: int = Field(256, ge=1)
+    eval_every: int = Field(5000, ge=1)
+    eval_episodes: int = Field(10, ge=1)
+    log_every: int = Field(1000, ge=1)
+    seed: int = Field(0, ge=0)
+    num_seeds: int = Field(1, ge=1, description="independent seeds trained together in one vectorised learner")
+    device: str = "cpu"
+    checkpoint_dir: str | None = None
+
+
+class DatasetConfig(_Spec):
+    id: str
+    download: bool = True
+
+
+class RunConfig(_Spec):
+    """One training run: a dataset, a preset, the resolved agent knobs and the training budget."""
+
+    dataset: DatasetConfig
+    preset: str | None = None
+    agent: AgentConfig = AgentConfig()
+    train: TrainConfig = TrainConfig()
+
+
+def domain_of(dataset_id: str) -> Domain:
+    """The task family decides a few preset values (SPEC.md gives MuJoCo/AntMaze/Adroit ones)."""
+    lowered = dataset_id.lower()
+    if "antmaze" in lowered:
+        return "antmaze"
+    if any(task in lowered for task in ("adroit", "pen-", "hammer", "door", "relocate")):
+        return "adroit"
+    return "mujoco"
+
+
+def preset_values(name: str, domain: Domain, action_dim: int) -> dict[str, Any]:
+    """Agent knobs of a published method (SPEC.md, Presets)."""
+    antmaze = domain == "antmaze"
+    td3bc = {"algorithm": "td3", "num_critics": 2, "critic_layernorm": False, "bc_weight": 0.4}
+    presets = {
+        "td3bc": td3bc,
+        "pars": {
+            "critic_layernorm": True,
+            "reward_scale": 10.0,
+            "pa_alpha": 1e-3,
+            "pa_distance": 1000.0 if antmaze else 100.0,
+            "num_critics": 4 if antmaze else 10,
+            # PARS's beta is summed over action dims; MuJoCo uses no BC term at all.
+            "bc_weight": 0.0 if domain == "mujoco" else 0.01 * action_dim,
+        },
+        "pani": {
+            **td3bc,
+            "critic_layernorm": True,
+            "actor_layernorm": True,
+            "noise_kind": "hybrid",
+            "noise_sigma": 0.1,
+        },
+        "dmg": {
+            "critic_layernorm": False,
+            "num_critics": 2,
+            "dmg_lambda": 0.25,
+            "bc_weight": 0.5 if antmaze else 0.1,
+            "awr_temperature": 10.0 if antmaze else 3.0,
+            "awr_max_weight": 100.0 if antmaze else 3.0,
+            "expectile": 0.9 if antmaze else 0.7,
+            "actor_lr_schedule": "cosine",
+        },
+        "iql": {
+            "algorithm": "iql",
+            "critic_layernorm": False,
+            "dmg_lambda": 0.0,
+            "expectile": 0.9 if antmaze else 0.7,
+            "awr_temperature": 10.0 if antmaze else 3.0,
+            "awr_max_weight": 100.0,
+            "policy_freq": 1,
+        },
+    }
+    if name not in presets:
+        raise ConfigError(f"preset={name!r} is unknown; choose one of {', '.join(sorted(presets))}")
+    values = dict(presets[name])
+    if antmaze and (values.get("algorithm") == "iql" or values.get("dmg_lambda", 1.0) < 1):
+        values["reward_shift"] = -1.0
+    return values
+
+
+PRESETS = ("td3bc", "pars", "pani", "dmg", "iql")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` strings -> dict; values are parsed as YAML scalars (1e-3, true, null...)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r} is not of the form key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def route_overrides(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Send flat keys (`pa_alpha`) or dotted ones (`train.steps`) to their section."""
+    sections: dict[str, dict[str, Any]] = {"agent": {}, "train": {}, "dataset": {}}
+    models = {"agent": AgentConfig, "train": TrainConfig, "dataset": DatasetConfig}
+    for key, value in overrides.items():
+        section, dot, field = key.partition(".")
+        if dot:
+            if section not in models or field not in models[section].model_fields:
+                raise ConfigError(f"unknown key {key!r} (value {value!r})")
+        else:
+            field = key
+            section = next((s for s, m in models.items() if key in m.model_fields), "")
+            if not section:
+                raise ConfigError(f"unknown key {key!r} (value {value!r})")
+        sections[section][field] = value
+    return sections
+
+
+def first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    message = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    if isinstance(value, dict):  # a model-level check: its message names the fields itself
+        return f"{where}: {message}" if where else message
+    return f"{where}={value!r}: {message}"
+
+
+def build_run_config(
+    dataset_id: str | None = None,
+    preset: str | None = None,
+    yaml_spec: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+    action_dim: int | None = None,
+) -> RunConfig:
+    """Resolve defaults < preset < YAML < overrides into a validated RunConfig.
+
+    `action_dim` is needed only by presets whose values depend on it (PARS outside MuJoCo);
+    when it is unknown those presets fall back to MuJoCo's value.
+    """
+    spec = dict(yaml_spec or {})
+    unknown = set(spec) - set(RunConfig.model_fields)
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ConfigError(f"unknown key {key!r} (value {spec[key]!r})")
+    routed = route_overrides(overrides or {})
+    dataset = {**_mapping(spec.get("dataset"), "dataset"), **routed["dataset"]}
+    if dataset_id is not None:
+        dataset["id"] = dataset_id
+    if "id" not in dataset:
+        raise ConfigError("dataset.id is missing: pass --dataset ID or set dataset.id in the spec")
+    preset = preset if preset is not None else spec.get("preset")
+    agent: dict[str, Any] = {}
+    if preset is not None:
+        agent.update(preset_values(preset, domain_of(dataset["id"]), action_dim or 0))
+    agent.update(_mapping(spec.get("agent"), "agent"))
+    agent.update(routed["agent"])
+    train = {**_mapping(spec.get("train"), "train"), **routed["train"]}
+    try:
+        return RunConfig(dataset=dataset, preset=preset, agent=agent, train=train)
+    except ValidationError as exc:
+        raise ConfigError(first_error(exc)) from None
+
+
+def _mapping(value: Any, name: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}={value!r} must be a mapping")
+    return dict(value)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"spec file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"spec file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"spec file {str(path)!r} must hold a mapping at the top level")
+    return data

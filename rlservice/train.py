@@ -1,0 +1,299 @@
+"""Offline training: dataset -> replay buffer -> learner steps -> evaluations -> checkpoints.
+
+No Ray and no MLflow here: the CLI, the Ray trial and the fine-tuning job drive a `Trainer`
+and hear about its progress through the `on_log` / `on_eval` callbacks. Evaluation goes
+through an `Evaluator`, which runs in-process here and in Ray actors in a tuning trial.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from rlservice.agent.diagnostics import diagnostics, diverged, q_bound
+from rlservice.agent.learner import Learner
+from rlservice.agent.policy import Policy
+from rlservice.checkpoint import load_checkpoint, save_checkpoint
+from rlservice.config import RunConfig, TrainConfig, first_error
+from rlservice.errors import ConfigError
+from rlservice.data.buffer import ObservationNormalizer, ReplayBuffer
+from rlservice.data.minari_io import OfflineData, load_offline_data
+from rlservice.evaluation import Evaluation, evaluate
+
+DIAGNOSTIC_BATCH = 1024
+
+
+class Evaluator(Protocol):
+    """Evaluates the policies of every seed at a step; may finish later than it is asked."""
+
+    def submit(self, step: int, policies: list[Policy]) -> None: ...
+    def finished(self) -> list[tuple[int, list[Evaluation]]]: ...
+    def wait(self) -> list[tuple[int, list[Evaluation]]]: ...
+
+
+class InlineEvaluator:
+    """Evaluates at once, in this process."""
+
+    def __init__(self, env_id: str, episodes: int, seed: int, ref_min: float, ref_max: float):
+        self.args = (env_id, episodes, seed, ref_min, ref_max)
+        self._done: list[tuple[int, list[Evaluation]]] = []
+
+    def submit(self, step: int, policies: list[Policy]) -> None:
+        env_id, episodes, seed, ref_min, ref_max = self.args
+        self._done.append((step, [evaluate(p, env_id, episodes, seed, ref_min, ref_max) for p in policies]))
+
+    def finished(self) -> list[tuple[int, list[Evaluation]]]:
+        done, self._done = self._done, []
+        return done
+
+    wait = finished
+
+
+@dataclass
+class TrainResult:
+    dataset: str
+    preset: str | None
+    steps: int
+    seed: int
+    num_seeds: int
+    status: str  # completed | diverged | interrupted
+    normalized_score: float | None  # final evaluation, mean over seeds
+    normalized_score_std: float | None  # std over seeds
+    mean_return: float | None
+    best_normalized_score: float | None
+    steps_per_second: float
+    checkpoint: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("history")
+        return out
+
+
+class Trainer:
+    def __init__(self, run_config: RunConfig, run_dir: str | Path, data: OfflineData | None = None):
+        self.config = run_config
+        self.run_dir = Path(run_dir)
+        t = run_config.train
+        self.data = data if data is not None else load_offline_data(run_config.dataset.id, download=run_config.dataset.download)
+        d = self.data
+        self.normalizer = (
+            ObservationNormalizer.fit(d.observations)
+            if run_config.agent.normalize_observations
+            else ObservationNormalizer.identity(d.observations.shape[1])
+        )
+        self.buffer = ReplayBuffer(
+            self.normalizer(d.observations), d.actions, d.rewards, self.normalizer(d.next_observations), d.terminals, t.device
+        )
+        self.learner = Learner(
+            run_config.agent,
+            d.observations.shape[1],
+            d.actions.shape[1],
+            reward_min=float(d.rewards.min()),
+            seeds=t.num_seeds,
+            seed=t.seed,
+            total_steps=t.steps,
+            device=t.device,
+        )
+        cfg = run_config.agent
+        max_abs_reward = float(np.abs(d.rewards + cfg.reward_shift).max())
+        self.q_limit = cfg.divergence_factor * q_bound(cfg.reward_scale, max_abs_reward, cfg.discount)
+        # A fixed batch for diagnostics, drawn once from its own stream so training's RNG is untouched.
+        diag_rng = torch.Generator(device=t.device).manual_seed(t.seed + 1)
+        self.diag_batch = self.buffer.sample(diag_rng, t.num_seeds, DIAGNOSTIC_BATCH)
+        self.diag_rng = diag_rng
+        self.best_score: float | None = None
+        self.history: list[dict[str, Any]] = []
+        self._pending: dict[int, dict[str, Any]] = {}
+        self._stop_requested = False
+
+    def request_stop(self) -> None:
+        """Stop after the current step (used by SIGINT/SIGTERM and by callers): the state saved
+        is then always that of a whole number of steps."""
+        self._stop_requested = True
+
+    # ----------------------------------------------------------------- policies and state
+    def policies(self) -> list[Policy]:
+        return [
+            Policy.from_learner(self.learner, k, self.normalizer, self.data.action_low, self.data.action_high)
+            for k in range(self.config.train.num_seeds)
+        ]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "learner": self.learner.state_dict(),
+            "normalizer": self.normalizer.state_dict(),
+            "action_low": torch.from_numpy(self.data.action_low.astype(np.float32)),
+            "action_high": torch.from_numpy(self.data.action_high.astype(np.float32)),
+            "diag_rng": self.diag_rng.get_state(),
+        }
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "step": self.learner.steps,
+            "best_normalized_score": self.best_score,
+            "history": self.history,
+            "env_id": self.data.env_id,
+            "obs_dim": self.learner.obs_dim,
+            "act_dim": self.learner.act_dim,
+            "ref_min_score": self.data.ref_min_score,
+            "ref_max_score": self.data.ref_max_score,
+        }
+
+    def save(self, name: str, state: dict[str, Any] | None = None, info: dict[str, Any] | None = None) -> Path:
+        return save_checkpoint(self.run_dir / name, state or self.state_dict(), self.config, info or self.info())
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_dir: str | Path, run_dir: str | Path | None = None, **train_overrides) -> "Trainer":
+        """Rebuild a trainer (data, learner, normaliser, history) from a checkpoint directory; with
+        `train_overrides` (e.g. steps=...) the training budget can be extended."""
+        _, run_config, _ = load_checkpoint(checkpoint_dir)
+        if train_overrides:
+            try:
+                train = TrainConfig.model_validate({**run_config.train.model_dump(), **train_overrides})
+            except ValidationError as exc:
+                raise ConfigError(first_error(exc)) from None
+            run_config = run_config.model_copy(update={"train": train})
+        trainer = cls(run_config, run_dir or Path(checkpoint_dir).parent)
+        trainer.restore(checkpoint_dir)
+        return trainer
+
+    def restore(self, checkpoint_dir: str | Path) -> None:
+        """Continue exactly where the checkpoint stopped (weights, optimisers, RNG, step, history)."""
+        state, _, info = load_checkpoint(checkpoint_dir, device=str(self.learner.device))
+        self.learner.load_state_dict(state["learner"])
+        self.normalizer = ObservationNormalizer.from_state_dict(state["normalizer"])
+        self.diag_rng.set_state(state["diag_rng"])
+        self.best_score = info["best_normalized_score"]
+        self.history = info["history"]
+
+    # ----------------------------------------------------------------- the loop
+    def run(
+        self,
+        evaluator: Evaluator | None = None,
+        on_log: Callable[[int, dict[str, float]], None] | None = None,
+        on_eval: Callable[[int, dict[str, Any]], None] | None = None,
+        progress: bool = True,
+    ) -> TrainResult:
+        t = self.config.train
+        d = self.data
+        evaluator = evaluator or InlineEvaluator(d.env_id, t.eval_episodes, t.seed, d.ref_min_score, d.ref_max_score)
+        status, train_time, start = "completed", 0.0, self.learner.steps
+        self._stop_requested = False
+        bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+        metrics: dict[str, torch.Tensor] = {}
+        with _stop_on_signals(self.request_stop):
+            tick = time.perf_counter()
+            while self.learner.steps < t.steps:
+                if self._stop_requested:
+                    status = "interrupted"
+                    break
+                batch = self.buffer.sample(self.learner.generator, t.num_seeds, t.batch_size)
+                metrics.update(self.learner.update(batch))
+                step = self.learner.steps
+                if step % t.log_every == 0 or step == t.steps:
+                    train_time += time.perf_counter() - tick
+                    logged = self._log(step, metrics, train_time, start)
+                    bar.update(step - bar.n)
+                    bar.set_postfix(critic=f"{logged['critic_loss']:.3g}", best=self.best_score)
+                    if on_log:
+                        on_log(step, logged)
+                    if logged["diverged"]:
+                        status = "diverged"
+                        break
+                    tick = time.perf_counter()
+                if step % t.eval_every == 0 or step == t.steps:
+                    train_time += time.perf_counter() - tick
+                    self._submit(evaluator, step)
+                    self._collect(evaluator.finished(), on_eval)
+                    tick = time.perf_counter()
+        bar.close()
+        self._collect(evaluator.wait(), on_eval)
+        self.save("latest")
+        last = self.history[-1] if self.history else {}
+        return TrainResult(
+            dataset=self.config.dataset.id,
+            preset=self.config.preset,
+            steps=self.learner.steps,
+            seed=t.seed,
+            num_seeds=t.num_seeds,
+            status=status,
+            normalized_score=last.get("normalized_score"),
+            normalized_score_std=last.get("normalized_score_std"),
+            mean_return=last.get("return_mean"),
+            best_normalized_score=self.best_score,
+            steps_per_second=(self.learner.steps - start) / train_time if train_time > 0 else 0.0,
+            checkpoint=str(self.run_dir / ("best" if (self.run_dir / "best").exists() else "latest")),
+            history=self.history,
+        )
+
+    def _log(self, step: int, metrics: dict[str, torch.Tensor], train_time: float, start: int) -> dict[str, float]:
+        """Read the step's device tensors (the only host synchronisation of training)."""
+        diag = diagnostics(self.learner, self.diag_batch, self.diag_rng)
+        logged = {k: float(v.mean()) for k, v in {**metrics, **diag}.items()}
+        logged["steps_per_second"] = (step - start) / train_time if train_time > 0 else 0.0
+        logged["diverged"] = diverged(diag["q_abs_max"], metrics, self.q_limit)
+        return logged
+
+    def _submit(self, evaluator: Evaluator, step: int) -> None:
+        # The weights move on while an evaluation runs elsewhere: keep this step's state, so
+        # that the best checkpoint holds the weights that were actually evaluated.
+        self._pending[step] = {"state": _detached_copy(self.state_dict()), "info": self.info()}
+        evaluator.submit(step, self.policies())
+
+    def _collect(self, results: list[tuple[int, list[Evaluation]]], on_eval) -> None:
+        for step, evaluations in sorted(results, key=lambda r: r[0]):
+            scores = np.array([e.score for e in evaluations])
+            returns = np.concatenate([e.returns for e in evaluations])
+            record = {
+                "step": step,
+                "normalized_score": float(scores.mean()),
+                "normalized_score_std": float(scores.std()),
+                "return_mean": float(returns.mean()),
+                "return_std": float(returns.std()),
+            }
+            self.history.append(record)
+            snapshot = self._pending.pop(step)
+            if self.best_score is None or record["normalized_score"] > self.best_score:
+                self.best_score = record["normalized_score"]
+                snapshot["info"].update(best_normalized_score=self.best_score, history=list(self.history))
+                self.save("best", snapshot["state"], snapshot["info"])
+                record["is_best"] = True
+            if on_eval:
+                on_eval(step, record)
+
+
+@contextmanager
+def _stop_on_signals(stop: Callable[[], None]):
+    """Turn SIGINT/SIGTERM into a stop at the next step boundary (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = lambda signum, frame: stop()  # noqa: E731
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _detached_copy(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _detached_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_detached_copy(v) for v in value]
+    return value
