@@ -179,17 +179,27 @@ PRESETS = ("td3bc", "pars", "pani", "dmg", "iql")
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """`key=value` strings -> dict; values are parsed as YAML scalars (1e-3, true, null...)."""
+    """`key=value` strings -> dict. Numbers are read as numbers (YAML 1.1 would keep `1e-3` a
+    string); other values as YAML scalars (true, null, words)."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {pair!r} is not of the form key=value")
-        try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else raw
-        except yaml.YAMLError:
-            out[key.strip()] = raw
+        out[key.strip()] = _scalar(raw.strip())
     return out
+
+
+def _scalar(raw: str) -> Any:
+    for number in (int, float):
+        try:
+            return number(raw)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(raw) if raw else raw
+    except yaml.YAMLError:
+        return raw
 
 
 def route_overrides(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""Shared fixtures. Every test runs against a temporary Minari root: nothing touches ~/.minari."""
+"""Shared fixtures. Every test runs against a temporary Minari root and a temporary rlservice
+home (runs, embedded MLflow store): nothing touches ~/.minari or ~/.rlservice."""
 
 import pytest
 
@@ -10,6 +11,8 @@ def _session_minari_root(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         root = tmp_path_factory.mktemp("minari")
         mp.setenv("MINARI_DATASETS_PATH", str(root))
+        mp.setenv("RLSERVICE_HOME", str(tmp_path_factory.mktemp("rlservice_home")))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         yield root
 
 
