@@ -1,7 +1,13 @@
 """Shared fixtures. Every test runs against a temporary Minari root and a temporary rlservice
 home (runs, embedded MLflow store): nothing touches ~/.minari or ~/.rlservice."""
 
+import os
+
 import pytest
+
+# No test may reach outside this machine: Minari's remote client must fail at once, not look
+# up its host. Set before anything imports huggingface_hub, which reads it at import time.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 from rlservice.data.minari_io import build_random_dataset
 

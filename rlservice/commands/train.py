@@ -19,6 +19,12 @@ def _train(args: argparse.Namespace) -> int:
     from rlservice.data.minari_io import load_offline_data
     from rlservice.train import Trainer
 
+    uri = None
+    if not args.no_tracking:
+        from rlservice.tracking import check_reachable, resolve_tracking_uri
+
+        uri = resolve_tracking_uri(args.tracking_uri)
+        check_reachable(uri)  # an unreachable server fails before any data is read
     budget = {key.removeprefix("train."): getattr(args, flag) for flag, key in _TRAIN_FLAGS.items() if getattr(args, flag) is not None}
     if args.resume:
         if args.set or args.preset or args.dataset or args.config:
@@ -33,14 +39,20 @@ def _train(args: argparse.Namespace) -> int:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = f"{run_config.dataset.id.replace('/', '_')}-{run_config.preset or 'custom'}-s{run_config.train.seed}-{stamp}"
         trainer = Trainer(run_config, Path(args.out) if args.out else home() / "runs" / name, data=data)
-    result = trainer.run(progress=not args.no_progress)
+    if uri is None:
+        result, run_id = trainer.run(progress=not args.no_progress), None
+    else:
+        from rlservice.tracking import log_training_run
+
+        result, run_id = log_training_run(uri, args.experiment, trainer, progress=not args.no_progress)
     if args.json:
-        print(json.dumps(result.summary()))
+        print(json.dumps({**result.summary(), **({"mlflow_run_id": run_id} if run_id else {})}))
     else:
         score = "n/a" if result.normalized_score is None else f"{result.normalized_score:.1f}"
+        tracked = f"; MLflow run {run_id} in experiment {args.experiment}" if run_id else ""
         print(
             f"{result.status}: {result.steps} steps, normalised score {score}, "
-            f"{result.steps_per_second:.0f} steps/s; checkpoint {result.checkpoint}"
+            f"{result.steps_per_second:.0f} steps/s; checkpoint {result.checkpoint}{tracked}"
         )
     return 0 if result.status == "completed" else 3
 
@@ -62,4 +74,7 @@ def register(sub) -> None:
     p.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint directory")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the embedded store)")
+    p.add_argument("--experiment", default="rlservice-train", help="MLflow experiment (default rlservice-train)")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.set_defaults(func=_train)

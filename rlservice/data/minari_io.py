@@ -7,12 +7,14 @@ Anything wrong with a dataset surfaces as a one-line :class:`DatasetError`.
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import re
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +84,8 @@ class OfflineData:
 
 # ---------------------------------------------------------------- ids and scores
 
+NAMESPACE = "rlservice"  # datasets this project builds; never on Minari's remote
+
 
 def dataset_id_for(env_id: str, quality: str) -> str:
     """``rlservice/<env>/<quality>-v0`` with ``<env>`` the gymnasium id lowercased, e.g. ``hopper-v5``.
@@ -90,12 +94,12 @@ def dataset_id_for(env_id: str, quality: str) -> str:
     interchangeable; the layout mirrors Minari's own ``mujoco/hopper/medium-v0``.
     """
     env_name = env_id.lower()
-    dataset_id = f"rlservice/{env_name}/{quality}-v0"
+    dataset_id = f"{NAMESPACE}/{env_name}/{quality}-v0"
     try:
         parsed = parse_dataset_id(dataset_id)
     except ValueError:
         parsed = None
-    if parsed != (f"rlservice/{env_name}", quality, 0):
+    if parsed != (f"{NAMESPACE}/{env_name}", quality, 0):
         raise ValueError(f"cannot form a Minari dataset id from env {env_id!r} and quality {quality!r}")
     return dataset_id
 
@@ -110,6 +114,15 @@ def normalized_score(returns, ref_min_score: float, ref_max_score: float) -> np.
 
 def list_local_datasets() -> list[str]:
     return sorted(minari.list_local_datasets())
+
+
+def read_metadata(dataset_id: str) -> dict:
+    """A local dataset's metadata.json (Minari's keys and ours), without reading its episodes."""
+    _check_id(dataset_id)
+    try:
+        return MinariStorage.read_raw_metadata(get_dataset_path(dataset_id) / "data")
+    except ValueError:
+        raise DatasetError(f"dataset {dataset_id} not found locally in {get_dataset_path()}") from None
 
 
 # ---------------------------------------------------------------- environments and rollouts
@@ -353,14 +366,33 @@ def load_offline_data(dataset_id: str, *, download: bool = True) -> OfflineData:
 def _open(dataset_id: str, download: bool) -> minari.MinariDataset:
     _check_id(dataset_id)
     local = get_dataset_path(dataset_id).joinpath("data").is_dir()
+    if not local and dataset_id.startswith(f"{NAMESPACE}/"):
+        # Our own datasets exist only where they were built: Minari's remote never has them.
+        raise DatasetError(
+            f"dataset {dataset_id} not found in {get_dataset_path()}: "
+            "build it with `rlservice datasets build --env ENV --quality QUALITY`"
+        )
     if not local and not download:
         raise DatasetError(f"dataset {dataset_id} not found locally in {get_dataset_path()} (download disabled)")
     try:
-        # Minari reads the local copy when there is one and contacts the remote only otherwise.
-        return minari.load_dataset(dataset_id, download=download)
+        # Minari reads the local copy when there is one and contacts the remote only otherwise;
+        # the remote client's retry warnings would break the one-line error, so they are muted.
+        with _quiet_logger("huggingface_hub"):
+            return minari.load_dataset(dataset_id, download=download)
     except Exception as exc:
         problem = "could not be read" if local else "not found locally and could not be downloaded"
         raise DatasetError(f"dataset {dataset_id} {problem}: {_reason(exc)}") from exc
+
+
+@contextmanager
+def _quiet_logger(name: str):
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _read_episodes(dataset_id: str, dataset: minari.MinariDataset) -> list[Episode]:

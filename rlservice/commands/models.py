@@ -1,0 +1,88 @@
+"""`rlservice models`: the registered policies: list, show (versions, aliases, lineage), export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+
+
+def _uri(args: argparse.Namespace) -> str:
+    from rlservice.tracking import check_reachable, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_reachable(uri)
+    return uri
+
+
+def _list(args: argparse.Namespace) -> int:
+    from rlservice.models import list_models
+
+    rows = list_models(_uri(args))
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'name':<32} {'latest':>6}  aliases")
+    for row in rows:
+        aliases = " ".join(f"{a}=v{v}" for a, v in sorted(row["aliases"].items())) or "-"
+        print(f"{row['name']:<32} {row['latest_version'] or '-':>6}  {aliases}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from rlservice.models import show_model
+
+    model = show_model(_uri(args), args.name)
+    if args.json:
+        print(json.dumps(model))
+        return 0
+    print(f"{model['name']}: {len(model['versions'])} versions")
+    print(f"{'version':>7}  {'aliases':<12} {'score':>8}  {'dataset':<36} {'preset':<7} {'run id':<32}  parent run")
+    for v in model["versions"]:
+        tags = v["tags"]
+        print(
+            f"{v['version']:>7}  {','.join(v['aliases']) or '-':<12} {_score(tags.get('score')):>8}  "
+            f"{tags.get('dataset', '-'):<36} {tags.get('preset', '-'):<7} {tags.get('run_id', v['run_id']):<32}  "
+            f"{tags.get('parent_run_id', '-')}"
+        )
+    return 0
+
+
+def _score(tag: str | None) -> str:
+    try:
+        return f"{float(tag):.2f}"
+    except (TypeError, ValueError):
+        return "-"
+
+
+def _export(args: argparse.Namespace) -> int:
+    from rlservice.export import export_policy, policy_from_checkpoint
+    from rlservice.models import download_checkpoint
+
+    uri = _uri(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint, version = download_checkpoint(uri, args.model, tmp)
+        out = export_policy(policy_from_checkpoint(checkpoint, args.seed_index), args.format, args.out)
+    print(f"{out}: {args.format} policy of {version.name} version {version.version}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("models", help="registered policies: list, show, export")
+    msub = p.add_subparsers(dest="models_command", required=True)
+
+    def add(name: str, help: str, func):
+        c = msub.add_parser(name, help=help)
+        c.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the embedded store)")
+        c.set_defaults(func=func)
+        return c
+
+    add("list", "registered models with their latest version and aliases", _list).add_argument("--json", action="store_true")
+    show = add("show", "a model's versions, aliases and lineage tags", _show)
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true")
+    export = add("export", "write a standalone policy file (normalisation and action scaling inside)", _export)
+    export.add_argument("model", help="NAME@ALIAS, NAME/VERSION or models:/...")
+    export.add_argument("--format", required=True, choices=["torchscript", "onnx"])
+    export.add_argument("--out", required=True, help="file to write")
+    export.add_argument("--seed-index", type=int, default=0, help="which seed of a multi-seed checkpoint (default 0)")

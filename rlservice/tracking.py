@@ -1,0 +1,466 @@
+"""Everything MLflow about runs: where they go, a tuning job's parent run, one nested run per
+trial (or per `rlservice train`), the job's summary and the registration of its best policy.
+
+Runs are written through an `MlflowClient` bound to an explicit URI, so Ray trial processes and
+the driver log side by side without global state. A run's logging never raises and never stalls
+training: values are buffered and sent again later when the server does not answer, and MLflow's
+own HTTP retries are kept short (`CLIENT_ENV`) so that a failed call costs little.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import numbers
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import requests
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from pydantic import ValidationError
+
+from rlservice import tracking_figures
+from rlservice.config import AgentConfig, RunConfig, domain_of, preset_values
+from rlservice.errors import ConfigError, DatasetError, RLServiceError
+from rlservice.paths import home
+
+log = logging.getLogger(__name__)
+
+KIND_TAG = "rlservice.kind"  # job | trial | train
+RUN_STATUS = {"completed": "FINISHED", "early-stopped": "FINISHED", "interrupted": "KILLED",
+              "diverged": "FAILED", "failed": "FAILED"}
+RANKED = ("completed", "early-stopped")  # statuses whose runs are ranked and may be registered
+# Defaults for MLflow's client (the environment wins). MLflow retries a failed HTTP call 7 times
+# with exponential backoff (minutes); TrialRun's buffering does the retrying here, so one call
+# costs at most a couple of timeouts. Run links and progress bars would mix into our output
+# (`--json` prints one object on stdout).
+CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+              "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+RETRY_FIRST_S, RETRY_MAX_S = 2.0, 15.0
+START_DEADLINE_S = 60.0
+FINISH_DEADLINE_S = 120.0
+_MAX_METRICS, _MAX_PARAMS, _MAX_PARAM_LENGTH = 1000, 100, 6000  # MLflow's log_batch limits
+
+
+class TrackingError(RLServiceError):
+    """The tracking server or store cannot be used; the message says which and why."""
+
+
+# ----------------------------------------------------------------- store and connection
+
+
+def resolve_tracking_uri(cli_value: str | None = None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the embedded store under rlservice's home."""
+    return cli_value or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def client(uri: str) -> MlflowClient:
+    for key, value in CLIENT_ENV.items():
+        os.environ.setdefault(key, value)
+    return MlflowClient(tracking_uri=uri)
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail with one line when an HTTP tracking server does not answer or refuses us; create the
+    directories of a local store."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        try:
+            response = requests.get(uri.rstrip("/") + "/health", timeout=timeout)
+        except requests.RequestException as exc:
+            raise TrackingError(f"tracking server {uri} is unreachable: {error_line(exc)}") from None
+        if response.status_code != 200:
+            raise TrackingError(f"tracking server {uri} is unreachable: /health answered HTTP {response.status_code}")
+        try:
+            client(uri).search_experiments(max_results=1)
+        except MlflowException as exc:
+            hint = " (set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)" if re.search(r"\b40[13]\b", str(exc)) else ""
+            raise TrackingError(f"tracking server {uri} refused the request: {error_line(exc)}{hint}") from None
+    elif parsed.scheme == "sqlite":
+        path = uri.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    elif parsed.scheme in ("", "file"):
+        Path(parsed.path).mkdir(parents=True, exist_ok=True)
+
+
+def local_artifact_root(uri: str) -> Path | None:
+    """Artifacts of a SQLite store go next to its database file (MLflow would use ./mlruns of
+    whatever the working directory is); servers and other stores choose for themselves."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts"
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    root = local_artifact_root(uri)
+    return None if root is None else str(root / re.sub(r"[^\w.-]", "_", experiment))
+
+
+def _experiment_id(c: MlflowClient, uri: str, name: str) -> str:
+    experiment = c.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return c.create_experiment(name, artifact_location=_artifact_location(uri, name))
+        except MlflowException:
+            experiment = c.get_experiment_by_name(name)  # created meanwhile by another trial
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        raise TrackingError(f"experiment {name!r} is deleted in {uri}: restore it or choose another name")
+    return experiment.experiment_id
+
+
+def error_line(exc: BaseException) -> str:
+    """The useful part of an MLflow or connection error ("Connection refused"), else its first line."""
+    text = str(exc)
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if errno:
+        return errno.group(1).strip()
+    if isinstance(exc, requests.Timeout) or "timed out" in text.lower():
+        return "no answer in time"
+    return (text.strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+# ----------------------------------------------------------------- lineage and params
+
+
+def git_commit() -> str | None:
+    """Commit of the rlservice code, when it runs from a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def dataset_digest(dataset_id: str) -> str:
+    """sha256 over the names and bytes of the dataset's data files: two runs with the same digest
+    trained on the same data, whatever machine read it."""
+    from minari.storage import get_dataset_path
+
+    data = Path(get_dataset_path(dataset_id)) / "data"
+    if not data.is_dir():
+        raise DatasetError(f"dataset {dataset_id} not found locally in {get_dataset_path()}")
+    digest = hashlib.sha256()
+    for path in sorted(p for p in data.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(data).as_posix().encode() + b"\0")
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def run_params(run_config: RunConfig, action_dim: int | None = None) -> dict[str, Any]:
+    """A run's params with stable names: agent.*, train.*, dataset.id, dataset.digest, preset,
+    git.commit (and dataset.action_dim, which some presets depend on)."""
+    params: dict[str, Any] = {
+        "dataset.id": run_config.dataset.id,
+        "dataset.digest": dataset_digest(run_config.dataset.id),
+        "preset": run_config.preset or "none",
+        "git.commit": git_commit() or "unknown",
+        "agent": run_config.agent.model_dump(),
+        "train": run_config.train.model_dump(),
+    }
+    if action_dim is not None:
+        params["dataset.action_dim"] = action_dim
+    return params
+
+
+def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested dicts -> dotted keys; values as MLflow stores them (strings)."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update(flatten_params(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value)
+    return flat
+
+
+def _log_params(c: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    entries = [Param(k, v[:_MAX_PARAM_LENGTH]) for k, v in flatten_params(params).items()]
+    for i in range(0, len(entries), _MAX_PARAMS):
+        c.log_batch(run_id, params=entries[i : i + _MAX_PARAMS])
+
+
+# ----------------------------------------------------------------- runs
+
+
+def start_job_run(uri: str, experiment: str, job_name: str, params: dict, tags: dict | None = None) -> str:
+    """Create a tuning job's parent run (and its experiment if missing); returns the run id."""
+    c = client(uri)
+    try:
+        run = c.create_run(_experiment_id(c, uri, experiment), run_name=job_name, tags={KIND_TAG: "job", **(tags or {})})
+        _log_params(c, run.info.run_id, {"git.commit": git_commit() or "unknown", **params})
+    except MlflowException as exc:
+        raise TrackingError(f"could not start the job's run in {uri}: {error_line(exc)}") from None
+    return run.info.run_id
+
+
+class TrialRun:
+    """One trial (nested under the job's run) or one `rlservice train` run (no parent).
+
+    Metrics and the checkpoint are sent when logged; when the server does not answer they stay
+    buffered and go out with a later call (after a growing pause), or at `finish`, which keeps
+    trying until its deadline and then gives up with a warning. Nothing here raises after the
+    run exists.
+    """
+
+    def __init__(self, uri: str, experiment: str, parent_run_id: str | None, name: str, params: dict,
+                 tags: dict | None = None):
+        self.uri, self.name = uri, name
+        self._client = client(uri)
+        self._metrics: list[Metric] = []
+        self._checkpoint: Path | None = None
+        self._checkpoint_pending = False
+        self._final: tuple[str, Any, str] | None = None  # status tag, learning-curve figure, MLflow status
+        self._retry_at = 0.0
+        self._pause = RETRY_FIRST_S
+        self._failing = False
+        run_tags = {KIND_TAG: "trial" if parent_run_id else "train", **(tags or {})}
+        if parent_run_id:
+            run_tags["mlflow.parentRunId"] = parent_run_id
+        deadline = time.monotonic() + START_DEADLINE_S
+        while True:
+            try:
+                run = self._client.create_run(_experiment_id(self._client, uri, experiment), run_name=name, tags=run_tags)
+                break
+            except MlflowException as exc:
+                if time.monotonic() > deadline:
+                    raise TrackingError(f"could not create run {name!r} in {uri}: {error_line(exc)}") from None
+                time.sleep(RETRY_FIRST_S)
+        self.run_id: str = run.info.run_id
+        self._params = {"git.commit": git_commit() or "unknown", **params}
+        self._params_pending = True
+        self._try_send()
+
+    def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
+        """Numbers only (bools, strings and the "step" key are left out); buffered, never raises."""
+        now = int(time.time() * 1000)
+        self._metrics += [
+            Metric(key, float(value), now, step)
+            for key, value in metrics.items()
+            if key != "step" and isinstance(value, numbers.Real) and not isinstance(value, bool)
+        ]
+        self._try_send()
+
+    def log_checkpoint(self, checkpoint_dir: str | Path) -> None:
+        """Upload `checkpoint_dir` as the run's artifact `checkpoint`, over the previous one."""
+        self._checkpoint = Path(checkpoint_dir)
+        self._checkpoint_pending = True
+        self._try_send()
+
+    def finish(self, status: str, history: list[dict[str, Any]], *, score: float | None = None,
+               score_std: float | None = None, deadline_s: float = FINISH_DEADLINE_S) -> bool:
+        """Record `status` (tag), `score`/`score_std` (default: the best evaluation of `history`,
+        the one the checkpoint holds), the learning curve, everything still buffered, and end
+        the run. Returns whether all of it reached the store before `deadline_s`."""
+        if status not in RUN_STATUS:
+            raise ValueError(f"status {status!r} is not one of {', '.join(RUN_STATUS)}")
+        best = max(history, key=lambda h: h["normalized_score"], default=None)
+        if score is None and best is not None:
+            score, score_std = best["normalized_score"], best.get("normalized_score_std", 0.0)
+        if score is not None:
+            step = best["step"] if best is not None else 0
+            self.log_metrics(step, {"score": score, "score_std": score_std or 0.0})
+        self._final = (status, tracking_figures.learning_curve(history, title=f"{self.name} ({status})"), RUN_STATUS[status])
+        deadline = time.monotonic() + deadline_s
+        while not self._try_send(force=True):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning(
+                    "tracking server %s did not answer for %.0fs: gave up on run %s (%d metric values%s not logged); "
+                    "checkpoints stay on disk%s",
+                    self.uri, deadline_s, self.run_id, len(self._metrics),
+                    " and the checkpoint" if self._checkpoint_pending else "",
+                    f" in {self._checkpoint.parent}" if self._checkpoint else "",
+                )
+                return False
+            time.sleep(min(max(self._retry_at - time.monotonic(), 0.1), remaining))
+        return True
+
+    def _try_send(self, force: bool = False) -> bool:
+        if not force and time.monotonic() < self._retry_at:
+            return False
+        try:
+            self._send()
+        except Exception as exc:  # any failure of the store: keep everything and try again later
+            self._retry_at = time.monotonic() + self._pause
+            self._pause = min(2 * self._pause, RETRY_MAX_S)
+            if not self._failing:
+                log.warning("tracking server %s not answering (%s); run %s keeps training and buffers its metrics",
+                            self.uri, error_line(exc), self.run_id)
+            self._failing = True
+            return False
+        if self._failing:
+            log.warning("tracking server %s answers again; run %s sent what it had buffered", self.uri, self.run_id)
+        self._failing, self._pause = False, RETRY_FIRST_S
+        return True
+
+    def _send(self) -> None:
+        """Everything pending, oldest first; what went out is dropped from the buffers as it goes."""
+        if self._params_pending:
+            _log_params(self._client, self.run_id, self._params)
+            self._params_pending = False
+        while self._metrics:
+            chunk = self._metrics[:_MAX_METRICS]
+            self._client.log_batch(self.run_id, metrics=chunk)
+            del self._metrics[: len(chunk)]
+        if self._checkpoint_pending:
+            self._client.log_artifacts(self.run_id, str(self._checkpoint), "checkpoint")
+            self._checkpoint_pending = False
+        if self._final is not None:
+            status, figure, run_status = self._final
+            self._client.set_tag(self.run_id, "status", status)
+            self._client.log_figure(self.run_id, figure, "learning_curve.png")
+            self._client.set_terminated(self.run_id, run_status)
+            self._final = None
+
+
+def log_training_run(uri: str, experiment: str, trainer, *, name: str | None = None, tags: dict | None = None,
+                     progress: bool = True):
+    """Run `trainer` with one MLflow run of its own: params, metrics at every log and evaluation,
+    the best checkpoint, status and learning curve. Returns (TrainResult, run id)."""
+    run = TrialRun(uri, experiment, None, name or trainer.run_dir.name,
+                   run_params(trainer.config, action_dim=int(trainer.data.actions.shape[1])), tags)
+    try:
+        result = trainer.run(on_log=run.log_metrics, on_eval=run.log_metrics, progress=progress)
+    except BaseException:
+        run.finish("failed", trainer.history)
+        raise
+    best = trainer.run_dir / "best"
+    run.log_checkpoint(best if best.exists() else trainer.run_dir / "latest")
+    run.finish(result.status, result.history)
+    return result, run.run_id
+
+
+# ----------------------------------------------------------------- the job's end
+
+
+def finish_job(uri: str, parent_run_id: str, trials: list[dict], *, model_name: str, dataset_id: str,
+               preset: str | None, searched: list[str]) -> dict:
+    """Summarise a tuning job on its parent run (trials.csv, summary.png, best_score), register the
+    best trial's policy as a new version of `model_name`, move `champion` to it when it beats the
+    champion on the same dataset, and end the parent run."""
+    from rlservice import models  # it builds on this module
+
+    c = client(uri)
+    best = max((t for t in trials if t.get("status") in RANKED and t.get("score") is not None),
+               key=lambda t: t["score"], default=None)
+    result = {"model": model_name, "version": None, "champion": False, "best_run_id": None, "best_score": None}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            c.log_artifact(parent_run_id, str(_write_trials_csv(trials, Path(tmp) / "trials.csv")))
+            c.log_figure(parent_run_id, tracking_figures.job_summary(trials, searched), "summary.png")
+            if best is not None:
+                lineage = c.get_run(best["run_id"]).data.params
+                tags = {
+                    "run_id": best["run_id"], "parent_run_id": parent_run_id, "trial": best["trial"],
+                    "dataset": dataset_id, "preset": preset or "none",
+                    "score": repr(float(best["score"])), "score_std": repr(float(best.get("score_std") or 0.0)),
+                    "dataset_digest": lineage.get("dataset.digest", "unknown"),
+                    "git_commit": lineage.get("git.commit", "unknown"),
+                }
+                checkpoint = _local_checkpoint(c, best, Path(tmp))
+                version = models.register_policy(uri, best["run_id"], checkpoint, model_name, tags).version
+                champion = models.promote_if_better(uri, model_name, version, float(best["score"]), dataset_id)
+                c.log_metric(parent_run_id, "best_score", float(best["score"]))
+                c.set_tag(parent_run_id, "best_run_id", best["run_id"])
+                c.set_tag(parent_run_id, "registered_model", f"{model_name}/{version}")
+                result.update(version=version, champion=champion, best_run_id=best["run_id"],
+                              best_score=float(best["score"]))
+        c.set_terminated(parent_run_id, "FINISHED" if best is not None else "FAILED")
+    except MlflowException as exc:
+        raise TrackingError(f"could not finish job run {parent_run_id} in {uri}: {error_line(exc)}") from None
+    return result
+
+
+def _write_trials_csv(trials: list[dict], path: Path) -> Path:
+    knobs = sorted({k for t in trials for k in t.get("config", {})})
+    columns = ["trial", "run_id", "status", "score", "score_std", "checkpoint", *knobs]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        for t in trials:
+            writer.writerow({**{c: t.get(c) for c in columns[:6]}, **t.get("config", {})})
+    return path
+
+
+def _local_checkpoint(c: MlflowClient, trial: dict, tmp: Path) -> Path:
+    """The trial's checkpoint on this machine, else the copy logged to its run."""
+    local = trial.get("checkpoint")
+    if local and (Path(local) / "state.pt").is_file():
+        return Path(local)
+    try:
+        return Path(c.download_artifacts(trial["run_id"], "checkpoint", str(tmp)))
+    except MlflowException as exc:
+        raise TrackingError(
+            f"trial {trial['trial']} has no checkpoint here or in run {trial['run_id']}: {error_line(exc)}"
+        ) from None
+
+
+# ----------------------------------------------------------------- browsing
+
+
+def best_runs(uri: str, experiment: str, dataset: str | None = None, top: int = 10) -> list[dict[str, Any]]:
+    """The `top` trial/train runs of `experiment` by score (completed or early-stopped only),
+    each with the knobs that differ from its preset."""
+    c = client(uri)
+    found = c.get_experiment_by_name(experiment)
+    if found is None:
+        raise TrackingError(f"experiment {experiment!r} not found in {uri}")
+    query = f"tags.`{KIND_TAG}` != 'job'" + (f" and params.`dataset.id` = '{dataset}'" if dataset else "")
+    rows: list[dict[str, Any]] = []
+    token = None
+    while len(rows) < top:
+        try:
+            page = c.search_runs([found.experiment_id], query, order_by=["metrics.score DESC"], max_results=1000,
+                                 page_token=token)
+        except MlflowException as exc:
+            raise TrackingError(f"could not search experiment {experiment!r} in {uri}: {error_line(exc)}") from None
+        for run in page:
+            metrics, params, run_tags = run.data.metrics, run.data.params, run.data.tags
+            if "score" not in metrics or run_tags.get("status") not in RANKED:
+                continue
+            rows.append({
+                "run_id": run.info.run_id,
+                "name": run.info.run_name,
+                "status": run_tags["status"],
+                "score": metrics["score"],
+                "score_std": metrics.get("score_std", 0.0),
+                "dataset": params.get("dataset.id"),
+                "preset": params.get("preset"),
+                "knobs": changed_knobs(params),
+                "parent_run_id": run_tags.get("mlflow.parentRunId"),
+            })
+        token = page.token
+        if not token:
+            break
+    return rows[:top]
+
+
+def changed_knobs(params: dict[str, str]) -> dict[str, Any]:
+    """Agent knobs of a run (its agent.* params) whose values differ from its preset's."""
+    logged = {k.removeprefix("agent."): v for k, v in params.items() if k.startswith("agent.")}
+    preset = params.get("preset", "none")
+    try:
+        expected = AgentConfig() if preset == "none" else AgentConfig.model_validate(
+            preset_values(preset, domain_of(params.get("dataset.id", "")), int(params.get("dataset.action_dim", 0)))
+        )
+        typed = AgentConfig.model_validate({k: None if v == "None" else v for k, v in logged.items()})
+    except (ConfigError, ValidationError, ValueError):  # written by another version: compare as text
+        defaults = AgentConfig()
+        return {k: v for k, v in logged.items() if v != str(getattr(defaults, k, None))}
+    return {k: getattr(typed, k) for k in logged if getattr(typed, k) != getattr(expected, k)}

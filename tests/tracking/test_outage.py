@@ -1,0 +1,58 @@
+"""The tracking server goes away in the middle of a run: training goes on at full speed, and
+nothing is lost when the server comes back; a server that never comes back costs a warning."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from mlflow import MlflowClient
+
+from rlservice import tracking
+from rlservice.train import Trainer
+
+
+def test_server_down_mid_run(mlflow_server, tiny_run_config, one_thread, tmp_path, caplog):
+    uri = mlflow_server.uri
+    parent = tracking.start_job_run(uri, "outage-test", "job", {})
+    survivor = tracking.TrialRun(uri, "outage-test", parent, "survivor", {"role": "survivor"})
+    doomed = tracking.TrialRun(uri, "outage-test", parent, "doomed", {"role": "doomed"})
+    trainer = Trainer(tiny_run_config(seed=7), tmp_path / "run")
+    calls, slowest = [], []
+
+    def record(step, metrics):
+        calls.append((step, dict(metrics)))
+        start = time.monotonic()
+        survivor.log_metrics(step, metrics)
+        slowest.append(time.monotonic() - start)
+
+    mlflow_server.stop()
+    try:
+        with one_thread():
+            result = trainer.run(on_log=record, on_eval=record, progress=False)
+        survivor.log_checkpoint(trainer.run_dir / "best")
+        assert max(slowest) < 2.0  # a dead server does not stall training
+        doomed.log_checkpoint(trainer.run_dir / "best")
+        with caplog.at_level(logging.WARNING, logger="rlservice.tracking"):
+            assert doomed.finish("completed", result.history, deadline_s=1.0) is False
+        gave_up = [r.getMessage() for r in caplog.records if "gave up" in r.getMessage()]
+        assert len(gave_up) == 1 and doomed.run_id in gave_up[0]
+        assert "and the checkpoint" in gave_up[0] and str(trainer.run_dir) in gave_up[0]
+    finally:
+        mlflow_server.start()
+
+    assert survivor.finish(result.status, result.history)
+    c = MlflowClient(tracking_uri=uri)
+    expected = {}
+    for step, metrics in calls:
+        for key, value in metrics.items():
+            if key != "step" and not isinstance(value, bool):
+                expected.setdefault(key, []).append((step, value))
+    assert len(expected) > 10 and sum(map(len, expected.values())) > 40
+    for key, points in expected.items():
+        assert sorted((m.step, m.value) for m in c.get_metric_history(survivor.run_id, key)) == sorted(points), key
+    run = c.get_run(survivor.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["status"] == "completed"
+    assert run.data.params["role"] == "survivor"
+    assert {a.path for a in c.list_artifacts(survivor.run_id)} >= {"checkpoint", "learning_curve.png"}
+    assert c.get_run(doomed.run_id).info.status == "RUNNING"  # it gave up: nothing pretends otherwise

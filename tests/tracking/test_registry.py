@@ -1,0 +1,102 @@
+"""The registry: champion moves only on improvement on the same dataset; the registered pyfunc
+acts like the trainer's policy on real Hopper observations; the full learner comes back intact."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow import MlflowClient
+
+from rlservice import models
+from rlservice.cli import main
+from rlservice.train import Trainer
+
+
+def champion(uri: str, name: str) -> str:
+    return MlflowClient(tracking_uri=uri).get_model_version_by_alias(name, "champion").version
+
+
+def test_champion_moves_only_on_improvement_on_the_same_dataset(register_job, mlflow_server):
+    name = "champion-test"
+    first = register_job(name, 50.0)
+    assert (first["version"], first["champion"]) == ("1", True)
+    worse = register_job(name, 40.0)
+    assert (worse["version"], worse["champion"]) == ("2", False)
+    assert champion(mlflow_server.uri, name) == "1"
+    better = register_job(name, 60.0)
+    assert (better["version"], better["champion"]) == ("3", True)
+    assert champion(mlflow_server.uri, name) == "3"
+    elsewhere = register_job(name, 99.0, dataset="rlservice/hopper-v5/other-v0")
+    assert (elsewhere["version"], elsewhere["champion"]) == ("4", False)  # not comparable: stays
+    assert champion(mlflow_server.uri, name) == "3"
+
+
+def test_models_list_and_show(registered, register_job, mlflow_server, capsys):
+    uri = mlflow_server.uri
+    assert main(["models", "list", "--json", "--tracking-uri", uri]) == 0
+    listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+    assert listed["policy-under-test"]["aliases"] == {"champion": "1"}
+    assert listed["policy-under-test"]["latest_version"] == 1
+
+    assert main(["models", "show", "policy-under-test", "--json", "--tracking-uri", uri]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    (version,) = shown["versions"]
+    assert version["aliases"] == ["champion"]
+    assert version["tags"]["run_id"] == registered["best_run_id"] == version["run_id"]
+    assert {"parent_run_id", "dataset", "preset", "score", "dataset_digest", "git_commit"} <= version["tags"].keys()
+
+    assert main(["models", "show", "policy-under-test", "--tracking-uri", uri]) == 0
+    table = capsys.readouterr().out
+    assert "champion" in table and registered["best_run_id"] in table
+
+    assert main(["models", "show", "no-such-model", "--tracking-uri", uri]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_pyfunc_predict_equals_the_trainers_policy(registered, trained, mlflow_server, hopper_observations, tmp_path):
+    observations = hopper_observations
+    policy = Trainer.from_checkpoint(trained.run_dir / "best", run_dir=tmp_path).policies()[0]
+    with models.fluent_uri(mlflow_server.uri):
+        model = mlflow.pyfunc.load_model("models:/policy-under-test@champion")
+    expected = policy.act(observations)
+    assert np.array_equal(model.predict(observations), expected)
+    assert np.array_equal(model.predict(pd.DataFrame(observations)), expected)
+    assert np.array_equal(model.predict(observations[0]), policy.act(observations[:1]))  # one observation: a batch of 1
+    assert np.abs(expected).max() > 0  # a policy that acts, not an all-zero stub
+
+
+def _assert_same_state(a, b, where="state"):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_same_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_load_registered_trainer_gives_back_the_whole_learner(registered, trained, mlflow_server, tmp_path, one_thread):
+    trainer, info = models.load_registered_trainer("policy-under-test@champion", tracking_uri=mlflow_server.uri,
+                                                   run_dir=tmp_path / "finetune", steps=110)
+    original = Trainer.from_checkpoint(trained.run_dir / "best", run_dir=tmp_path / "original")
+    assert info["version"] == registered["version"] and info["run_id"] == registered["best_run_id"]
+    assert info["dataset"] == trained.config.dataset.id
+    assert trainer.config.agent == trained.config.agent
+    assert set(trainer.learner.networks()) == {"actor", "critic", "actor_target", "critic_target"}
+    _assert_same_state(trainer.learner.state_dict(), original.learner.state_dict())
+    _assert_same_state(trainer.normalizer.state_dict(), original.normalizer.state_dict())
+    files = [p.name for p in (tmp_path / "finetune" / "registered").rglob("*") if p.is_file()]
+    assert {"MLmodel", "pyfunc_model.py", "state.pt", "config.json"} <= set(files)
+    assert not [f for f in files if f.endswith((".pkl", ".pickle"))]  # models from code: nothing pickled
+    with one_thread():
+        result = trainer.run(progress=False)  # and it trains on from there
+    assert result.steps == 110 and (tmp_path / "finetune" / "latest").is_dir()
