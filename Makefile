@@ -6,7 +6,6 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 RLSERVICE := $(VENV)/bin/rlservice
 STAMP := $(VENV)/.installed
-QUICKSTART_HOME ?= $(HOME)/.rlservice
 
 .PHONY: install quickstart test
 
@@ -19,9 +18,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job: a small PARS tuning job on local Ray (it builds its Hopper-v5 dataset if missing),
+# tracked in the embedded MLflow store; it ends by printing where the results are.
 quickstart: install
-	$(RLSERVICE) datasets build --env Hopper-v5 --quality random --dataset-steps 20000 --overwrite
-	$(RLSERVICE) train --dataset rlservice/hopper-v5/random-v0 --preset pars --steps 2000 --eval-every 1000 --eval-episodes 5
+	$(RLSERVICE) tune run tuning/quickstart.yaml --name quickstart-$$(date +%Y%m%d-%H%M%S)
 
 test: install
 	$(PYTHON) -m pytest -q

@@ -28,7 +28,6 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from pydantic import ValidationError
 
-from rlservice import tracking_figures
 from rlservice.config import AgentConfig, RunConfig, domain_of, preset_values
 from rlservice.errors import ConfigError, DatasetError, RLServiceError
 from rlservice.paths import home
@@ -275,6 +274,8 @@ class TrialRun:
         if score is not None:
             step = best["step"] if best is not None else 0
             self.log_metrics(step, {"score": score, "score_std": score_std or 0.0})
+        from rlservice import tracking_figures  # matplotlib: imported only when a figure is drawn
+
         self._final = (status, tracking_figures.learning_curve(history, title=f"{self.name} ({status})"), RUN_STATUS[status])
         deadline = time.monotonic() + deadline_s
         while not self._try_send(force=True):
@@ -363,6 +364,8 @@ def finish_job(uri: str, parent_run_id: str, trials: list[dict], *, model_name: 
     try:
         with tempfile.TemporaryDirectory() as tmp:
             c.log_artifact(parent_run_id, str(_write_trials_csv(trials, Path(tmp) / "trials.csv")))
+            from rlservice import tracking_figures
+
             c.log_figure(parent_run_id, tracking_figures.job_summary(trials, searched), "summary.png")
             if best is not None:
                 lineage = c.get_run(best["run_id"]).data.params

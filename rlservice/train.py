@@ -238,12 +238,17 @@ class Trainer:
             history=self.history,
         )
 
-    def _log(self, step: int, metrics: dict[str, torch.Tensor], train_time: float, start: int) -> dict[str, float]:
-        """Read the step's device tensors (the only host synchronisation of training)."""
+    def read_metrics(self, metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The step's device tensors plus the diagnostics on the fixed batch, read to the host
+        (the only host synchronisation of training), with the divergence verdict."""
         diag = diagnostics(self.learner, self.diag_batch, self.diag_rng)
         logged = {k: float(v.mean()) for k, v in {**metrics, **diag}.items()}
-        logged["steps_per_second"] = (step - start) / train_time if train_time > 0 else 0.0
         logged["diverged"] = diverged(diag["q_abs_max"], metrics, self.q_limit)
+        return logged
+
+    def _log(self, step: int, metrics: dict[str, torch.Tensor], train_time: float, start: int) -> dict[str, float]:
+        logged = self.read_metrics(metrics)
+        logged["steps_per_second"] = (step - start) / train_time if train_time > 0 else 0.0
         return logged
 
     def _submit(self, evaluator: Evaluator, step: int) -> None:
@@ -254,15 +259,7 @@ class Trainer:
 
     def _collect(self, results: list[tuple[int, list[Evaluation]]], on_eval) -> None:
         for step, evaluations in sorted(results, key=lambda r: r[0]):
-            scores = np.array([e.score for e in evaluations])
-            returns = np.concatenate([e.returns for e in evaluations])
-            record = {
-                "step": step,
-                "normalized_score": float(scores.mean()),
-                "normalized_score_std": float(scores.std()),
-                "return_mean": float(returns.mean()),
-                "return_std": float(returns.std()),
-            }
+            record = evaluation_record(step, evaluations)
             self.history.append(record)
             snapshot = self._pending.pop(step)
             if self.best_score is None or record["normalized_score"] > self.best_score:
@@ -272,6 +269,20 @@ class Trainer:
                 record["is_best"] = True
             if on_eval:
                 on_eval(step, record)
+
+
+def evaluation_record(step: int, evaluations: list[Evaluation]) -> dict[str, Any]:
+    """One evaluation of every seed: the mean and std of the normalised score over seeds, and of
+    the returns over all episodes."""
+    scores = np.array([e.score for e in evaluations])
+    returns = np.concatenate([e.returns for e in evaluations])
+    return {
+        "step": step,
+        "normalized_score": float(scores.mean()),
+        "normalized_score_std": float(scores.std()),
+        "return_mean": float(returns.mean()),
+        "return_std": float(returns.std()),
+    }
 
 
 @contextmanager

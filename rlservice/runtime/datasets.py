@@ -1,0 +1,31 @@
+"""Make sure a job's dataset is there where the job runs: found, downloaded, or (random ones) built."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+from minari.storage import get_dataset_path
+
+from rlservice.data.minari_io import build_random_dataset, load_offline_data
+from rlservice.errors import DatasetError
+from rlservice.tuning_config import DatasetSpec
+
+
+def ensure_dataset(spec: DatasetSpec, build_steps: int | None = None) -> int:
+    """Return the dataset's action dimension; build it first when it is missing and may be built
+    (`build_steps` from the CLI, else the job's `dataset.build_steps`)."""
+    steps = build_steps or spec.build_steps
+    if steps and not get_dataset_path(spec.id).joinpath("data").is_dir():
+        env_id = _env_of(spec.id)
+        build_random_dataset(env_id, steps, dataset_id=spec.id)
+    return int(load_offline_data(spec.id, download=spec.download).actions.shape[1])
+
+
+def _env_of(dataset_id: str) -> str:
+    """`rlservice/hopper-v5/random-v0` -> the registered gymnasium id `Hopper-v5`."""
+    parts = dataset_id.split("/")
+    if len(parts) != 3 or parts[0] != "rlservice" or parts[2] != "random-v0":
+        raise DatasetError(f"dataset {dataset_id} is missing and only rlservice/<env>/random-v0 datasets can be built here")
+    matches = [env_id for env_id in gym.registry if env_id.lower() == parts[1]]
+    if not matches:
+        raise DatasetError(f"dataset {dataset_id} is missing and no gymnasium environment is called {parts[1]!r}")
+    return matches[0]

@@ -1,0 +1,137 @@
+"""The driver of a tuning job: checks, the MLflow parent run, Ray Tune, and the summary.
+
+Everything that can be wrong with a job (spec, dataset, tracking server) fails before Ray
+starts. The job's spec and tracking ids are saved next to Tune's experiment state, so
+`resume` needs nothing but the job's name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from rlservice.errors import ConfigError, RLServiceError
+from rlservice.paths import home
+from rlservice.runtime.datasets import ensure_dataset
+from rlservice.runtime.tracking_bridge import JobTracking, check_tracking, finish_job, start_job
+from rlservice.tuning_config import TuningJob, validate_job
+
+JOB_FILE = "rlservice-job.json"
+
+
+class JobInterrupted(RLServiceError):
+    """The driver was stopped (SIGINT/SIGTERM) before every trial finished; the job can be resumed."""
+
+    exit_code = 130
+
+
+@dataclass
+class JobOutcome:
+    name: str
+    storage: str
+    trials: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    mlflow: dict[str, Any]
+    wall_time_s: float
+    searcher_observations_at_start: int = 0  # on resume: finished trials the restored searcher knew
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def storage_root() -> str:
+    """Where Tune keeps trials and checkpoints: RLSERVICE_STORAGE_PATH, else $RLSERVICE_HOME/tune.
+    On a cluster of several machines it must be shared: a URI Tune writes to directly
+    (`s3://bucket/prefix`) or a directory every node mounts at the same path (NFS)."""
+    return os.environ.get("RLSERVICE_STORAGE_PATH") or str(home() / "tune")
+
+
+def experiment_uri(name: str) -> str:
+    return f"{storage_root().rstrip('/')}/{name}"
+
+
+def job_record_dir(name: str) -> Path:
+    """The driver's own record of a job (spec, MLflow parent run), kept locally so that it works
+    whatever kind of storage Tune writes to."""
+    return home() / "tune-jobs" / name
+
+
+def run_job(job: TuningJob, name: str | None = None, tracking_uri: str | None = None, build_steps: int | None = None,
+            started: Callable[[str], None] | None = None) -> JobOutcome:
+    """Run the job under `name`; `started(name)` is called once every check has passed."""
+    name = name or job.name
+    record_dir = job_record_dir(name)
+    if (record_dir / JOB_FILE).exists():
+        raise ConfigError(f"--name {name}: a job of that name exists in {record_dir}; "
+                          f"continue it with `rlservice tune resume {name}` or choose another name")
+    uri = check_tracking(tracking_uri)
+    job.run_config(action_dim=ensure_dataset(job.dataset, build_steps))
+    target = start_job(uri, job, name)
+    record_dir.mkdir(parents=True, exist_ok=True)
+    saved = {"job": job.model_dump(mode="json"), "tracking": asdict(target)}
+    (record_dir / JOB_FILE).write_text(json.dumps(saved, indent=2))
+    if started:
+        started(name)
+
+    from rlservice.runtime import tuner
+
+    start = time.monotonic()
+    trials = tuner.fit(job, target, name, storage_root())
+    return _conclude(job, target, name, trials, time.monotonic() - start, 0)
+
+
+def resume_job(name: str) -> JobOutcome:
+    """Continue job `name` where it stopped, with its saved spec and MLflow parent run."""
+    saved_file = job_record_dir(name) / JOB_FILE
+    if not saved_file.is_file():
+        raise ConfigError(f"no tuning job named {name!r} in {job_record_dir(name).parent}")
+    saved = json.loads(saved_file.read_text())
+    if saved.get("finished"):
+        raise RLServiceError(f"job {name!r} has finished; nothing to resume (its trials are in {experiment_uri(name)})")
+    job = validate_job(saved["job"])
+    target = JobTracking(**saved["tracking"])
+    check_tracking(target.uri)
+    ensure_dataset(job.dataset)
+
+    from rlservice.runtime import tuner
+
+    experiment = experiment_uri(name)
+    if not tuner.can_restore(experiment):
+        raise RLServiceError(f"job {name!r} stopped before Ray Tune saved its state; start it again under a new --name")
+    observed = tuner.searcher_observations(experiment)
+    start = time.monotonic()
+    trials = tuner.refit(job, target, experiment)
+    return _conclude(job, target, name, trials, time.monotonic() - start, observed)
+
+
+def _conclude(job: TuningJob, target: JobTracking, name: str, trials: list[dict[str, Any]], wall: float,
+              observed: int) -> JobOutcome:
+    finished = [t for t in trials if t["status"] != "unfinished"]
+    if len(finished) < job.trials:
+        raise JobInterrupted(
+            f"job {name!r} interrupted with {len(finished)} of {job.trials} trials finished; "
+            f"continue it with `rlservice tune resume {name}`"
+        )
+    registered = finish_job(target, job, trials)
+    saved_file = job_record_dir(name) / JOB_FILE
+    saved_file.write_text(json.dumps({**json.loads(saved_file.read_text()), "finished": True}, indent=2))
+    return JobOutcome(
+        name=name,
+        storage=experiment_uri(name),
+        trials=trials,
+        best=best_trial(trials),
+        mlflow={"tracking_uri": target.uri, "experiment": target.experiment, "parent_run_id": target.parent_run_id,
+                **registered},
+        wall_time_s=wall,
+        searcher_observations_at_start=observed,
+    )
+
+
+def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The trial whose best checkpoint scores highest (the one MLflow registers)."""
+    ranked = [t for t in trials if t["status"] in ("completed", "early-stopped") and t["score"] is not None]
+    return max(ranked, key=lambda t: t["score"], default=None)

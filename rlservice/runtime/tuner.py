@@ -1,0 +1,144 @@
+"""Ray Tune for a tuning job: connect, build the Tuner, fit or restore it, read the trials back."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.experiment import Trial
+
+from rlservice.runtime import search
+from rlservice.runtime.tracking_bridge import JobTracking
+from rlservice.runtime.trial import TrialSetup, run_trial, scratch_root
+from rlservice.tuning_config import TuningJob
+
+
+# The embedded Ray's node address. Not 127.0.0.1: Ray replaces that one (and localhost) with the
+# machine's network address, while it keeps any other loopback address.
+EMBEDDED_NODE_IP = "127.0.0.2"
+
+
+def connect() -> None:
+    """Inside a Ray job (RAY_ADDRESS is set) join its cluster; else start Ray here, sized to the
+    machine, on a loopback address."""
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address=EMBEDDED_NODE_IP)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM stops the job like Ctrl-C: Tune saves its state and the job can be resumed.
+        # (Set after ray.init, whose own handler would abort the driver.)
+        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+
+
+def fit(job: TuningJob, target: JobTracking, name: str, storage: str) -> list[dict[str, Any]]:
+    connect()
+    try:
+        tuner = tune.Tuner(
+            _trainable(job, target),
+            tune_config=tune.TuneConfig(
+                search_alg=search.searcher(job), scheduler=search.scheduler(job), num_samples=job.trials,
+                reuse_actors=False,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                failure_config=tune.FailureConfig(max_failures=job.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+        experiment_path = tuner.fit().experiment_path
+    finally:
+        ray.shutdown()
+    return _finish(job, name, experiment_path)
+
+
+def refit(job: TuningJob, target: JobTracking, experiment_dir: str) -> list[dict[str, Any]]:
+    """Continue a job: finished trials stay as they are; unfinished and failed ones resume from
+    their last checkpoints; the searcher continues with the observations it had."""
+    connect()
+    try:
+        tuner = tune.Tuner.restore(experiment_dir, trainable=_trainable(job, target),
+                                   resume_unfinished=True, resume_errored=True)
+        experiment_path = tuner.fit().experiment_path
+    finally:
+        ray.shutdown()
+    return _finish(job, Path(experiment_dir).name, experiment_path)
+
+
+def _finish(job: TuningJob, name: str, experiment_path: str) -> list[dict[str, Any]]:
+    shutil.rmtree(scratch_root(name), ignore_errors=True)
+    return trials(job, experiment_path)
+
+
+def can_restore(experiment: str) -> bool:
+    return tune.Tuner.can_restore(experiment)
+
+
+def searcher_observations(experiment: str) -> int:
+    """Finished trials in the Optuna study Tune saved for this job (what a resumed searcher knows);
+    read from local storage only (0 for a remote URI)."""
+    study = saved_study(experiment_dir)
+    return 0 if study is None else sum(t.state.is_finished() for t in study.trials)
+
+
+def saved_study(experiment_dir: str | Path):
+    # One file per session of the job, named by its start time; a resumed job rewrites older ones too.
+    states = sorted(Path(experiment_dir).glob("searcher-state-*.pkl"))
+    if not states:
+        return None
+    with states[-1].open("rb") as f:  # written by this job's own driver
+        return pickle.load(f)["_ot_study"]
+
+
+def _trainable(job: TuningJob, target: JobTracking):
+    r = job.resources
+    trial_bundle = {"CPU": r.cpus, **({"GPU": r.gpus} if r.gpus else {})}
+    bundles = [trial_bundle] + [{"CPU": r.evaluator_cpus}] * r.evaluators
+    trainable = tune.with_parameters(run_trial, setup=TrialSetup(job, target))
+    return tune.with_resources(trainable, tune.PlacementGroupFactory(bundles))
+
+
+def trials(job: TuningJob, experiment_path: str) -> list[dict[str, Any]]:
+    """One row per trial: knobs, status (completed | early-stopped | diverged | failed | unfinished),
+    its MLflow run, its best checkpoint and that checkpoint's `score` (the best evaluation; the
+    search itself optimises `final_score`, the last one)."""
+    return [_row(job, trial) for trial in tune.ExperimentAnalysis(experiment_path).trials]
+
+
+def _row(job: TuningJob, trial: Trial) -> dict[str, Any]:
+    last = trial.last_result or {}
+    checkpoint = trial.checkpoint
+    best = Path(checkpoint.path) / "best" if checkpoint is not None else None
+    return {
+        "trial": trial.trial_id,
+        "run_id": last.get("mlflow_run_id"),
+        "status": _status(job, trial, last),
+        "score": last.get("best_score"),
+        "score_std": last.get("best_score_std"),
+        "final_score": last.get("score"),
+        "steps": last.get("step"),
+        "config": dict(trial.config),
+        "checkpoint": str(best) if best is not None and best.is_dir() else None,
+        "node_id": last.get("node_id"),
+        "failures": trial.num_failures,
+    }
+
+
+def _status(job: TuningJob, trial: Trial, last: dict[str, Any]) -> str:
+    if trial.status == Trial.ERROR:
+        return "failed"
+    if trial.status != Trial.TERMINATED:
+        return "unfinished"
+    if last.get("status") == "diverged":
+        return "diverged"
+    return "completed" if last.get("step", 0) >= job.steps else "early-stopped"

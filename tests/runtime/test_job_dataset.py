@@ -1,0 +1,22 @@
+"""Where a job runs, its dataset is found, or built when it is a random one and may be built."""
+
+import pytest
+
+from rlservice.errors import DatasetError
+from rlservice.runtime.datasets import ensure_dataset
+from rlservice.tuning_config import DatasetSpec
+
+
+def test_a_missing_random_dataset_is_built_when_the_job_allows_it(minari_root):
+    spec = DatasetSpec(id="rlservice/hopper-v5/random-v0", build_steps=300, download=False)
+    assert ensure_dataset(spec) == 3  # Hopper's action dimension
+    assert (minari_root / "rlservice" / "hopper-v5" / "random-v0" / "data").is_dir()
+    assert ensure_dataset(spec) == 3  # found the second time
+
+
+def test_a_missing_dataset_that_may_not_be_built_fails_with_one_line(minari_root):
+    with pytest.raises(DatasetError, match="not found") as raised:
+        ensure_dataset(DatasetSpec(id="rlservice/hopper-v5/medium-v0", download=False))
+    assert "\n" not in str(raised.value)
+    with pytest.raises(DatasetError, match="only rlservice/<env>/random-v0 datasets can be built"):
+        ensure_dataset(DatasetSpec(id="rlservice/hopper-v5/medium-v0", download=False), build_steps=300)

@@ -1,0 +1,124 @@
+"""`rlservice tune submit` to a two-node cluster on loopback addresses (cluster/local-cluster.sh):
+trials run on both nodes; when the worker node dies mid-trial, its trial is retried from its
+checkpoint on the head and the job still finishes with every trial."""
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from tune_helpers import REPO, last_json, rlservice
+
+from rlservice.runtime import local_cluster
+
+pytestmark = pytest.mark.slow
+
+# Ray notices a dead node after missed health checks; make that seconds, not half a minute.
+FAST_FAILURE_DETECTION = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
+                          "RAY_health_check_failure_threshold": "3"}
+
+
+@pytest.fixture
+def cluster(service_env, tmp_path):
+    state = tmp_path / "cluster"
+    env = {k: v for k, v in service_env.items() if not k.startswith("RAY_AUTH")}
+    env.update(FAST_FAILURE_DETECTION)
+    started = subprocess.run([str(REPO / "cluster" / "local-cluster.sh"), "start", "--workers", "1", "--cpus", "1",
+                              "--state", str(state), "--no-mlflow"], env=env, capture_output=True, text=True, timeout=240)
+    try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        yield state
+    finally:
+        stopped = subprocess.run([str(REPO / "cluster" / "local-cluster.sh"), "stop", "--state", str(state), "--no-mlflow"],
+                                 env=env, capture_output=True, text=True, timeout=120)
+        assert stopped.returncode == 0, stopped.stderr
+        assert not local_cluster.running(state)
+
+
+def node_ids(dashboard, token):
+    """{node ip: node id} of the cluster's live nodes."""
+    import urllib.request
+
+    request = urllib.request.Request(f"{dashboard}/nodes?view=summary", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        summary = json.load(response)["data"]["summary"]
+    return {s["raylet"]["nodeManagerAddress"]: s["raylet"]["nodeId"] for s in summary if s["raylet"]["state"] == "ALIVE"}
+
+
+def trial_runs(tracking_uri):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, "tags.`rlservice.kind` = 'trial'") if experiments else []
+
+
+def evaluated_steps(tracking_uri, run_id):
+    from mlflow import MlflowClient
+
+    return sorted(m.step for m in MlflowClient(tracking_uri).get_metric_history(run_id, "normalized_score"))
+
+
+def wait_for_a_trial_on(node, tracking_uri, trials, timeout=240):
+    """Until a trial has finished and a trial on `node` has been evaluated twice (so it has a
+    committed checkpoint past its start to be retried from); returns the finished trials' runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = trial_runs(tracking_uri)
+        finished = [r for r in runs if r.data.tags.get("status") == "completed"]
+        assert len(finished) < trials, "the job ended before the test could act"
+        running = [r for r in runs if r.info.status == "RUNNING" and r.data.tags.get("ray_node_id") == node
+                   and "normalized_score" in r.data.metrics]
+        if finished and any(evaluated_steps(tracking_uri, r.info.run_id)[-1] >= 200 for r in running):
+            return finished
+        time.sleep(0.3)
+    raise AssertionError("no trial was evaluated on the worker node")
+
+
+def test_submitted_job_runs_on_both_nodes_and_survives_losing_the_worker(cluster, tiny_job, service_env):
+    info = local_cluster.status(cluster)
+    dashboard, token = info["dashboard"], Path(info["token_file"]).read_text().strip()
+    nodes = node_ids(dashboard, token)
+    assert set(nodes) == {"127.0.0.2", "127.0.0.3"}
+    client_env = {**service_env, **local_cluster.client_env(cluster)}
+    tracking_uri = service_env["MLFLOW_TRACKING_URI"]
+
+    job = tiny_job(trials=4, steps=1000, scheduler={"type": "none"}, max_concurrent=2, max_failures=3,
+                   resources={"cpus": 1, "evaluators": 0})
+    submitted = rlservice("tune", "submit", job, "--address", dashboard, "--name", "twonode", "--tracking-uri", tracking_uri,
+                          "--json", env=client_env, timeout=60)
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    job_id = json.loads(submitted.stdout)["job_id"]
+
+    try:
+        finished_before = wait_for_a_trial_on(nodes["127.0.0.3"], tracking_uri, trials=4)
+    except AssertionError:
+        print(rlservice("tune", "logs", job_id, "--address", dashboard, env=client_env, timeout=60).stdout[-5000:])
+        raise
+    assert local_cluster.stop(cluster, node="worker-1", grace=0) == ["worker-1"]
+
+    followed = rlservice("tune", "logs", job_id, "--address", dashboard, "--follow", env=client_env, timeout=400)
+    assert followed.returncode == 0, followed.stdout[-4000:] + followed.stderr[-2000:]
+    status = rlservice("tune", "status", job_id, "--address", dashboard, "--json", env=client_env, timeout=60)
+    assert json.loads(status.stdout)["status"] == "SUCCEEDED"
+    out = last_json(followed.stdout)
+
+    trials = out["trials"]
+    assert len(trials) == 4 and {t["status"] for t in trials} == {"completed"}
+    assert any(t["failures"] >= 1 for t in trials), "Tune counted no failure (FailureConfig retries them)"
+    completed = {t["run_id"] for t in trials}
+    assert {r.info.run_id for r in finished_before} <= completed, "a trial finished before the failure was lost"
+
+    runs = {r.info.run_id: r for r in trial_runs(tracking_uri)}
+    attempts = {ip: [r.data.tags.get("status") for r in runs.values() if r.data.tags.get("ray_node_id") == node]
+                for ip, node in nodes.items()}
+    assert attempts["127.0.0.2"] and attempts["127.0.0.3"], attempts  # trials ran on both nodes
+    # The trial cut short on the worker was retried on the head, from its checkpoint (not from step 0).
+    cut = [r for r in runs.values() if r.data.tags.get("status") == "interrupted"]
+    assert cut and all(r.data.tags["ray_node_id"] == nodes["127.0.0.3"] for r in cut), attempts
+    for run in cut:
+        retry = runs[run.data.tags["continued_in"]]
+        assert retry.info.run_id in completed and retry.data.tags["ray_node_id"] == nodes["127.0.0.2"]
+        assert evaluated_steps(tracking_uri, retry.info.run_id)[0] > 100
+    print("trial attempts per node (their MLflow status):", attempts)

@@ -1,0 +1,138 @@
+"""Job files: every shipped one validates; bad ones fail with one line naming field and value;
+knobs are sampled only where they have an effect. No Ray here."""
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from rlservice.errors import ConfigError
+from rlservice.runtime.search import DefineByRun
+from rlservice.tuning_config import load_job, validate_job
+
+TUNING = Path(__file__).resolve().parents[2] / "tuning"
+
+
+def minimal(**changes):
+    spec = {
+        "name": "t",
+        "dataset": {"id": "rlservice/hopper-v5/random-v0"},
+        "preset": "pars",
+        "search_space": {"pa_alpha": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+        "trials": 4,
+        "steps": 1000,
+        "eval_every": 100,
+        "eval_episodes": 2,
+        "mlflow": {"experiment": "e", "registered_model": "m"},
+    }
+    spec.update(changes)
+    return spec
+
+
+@pytest.mark.parametrize("path", sorted(TUNING.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_job_file_validates(path):
+    job = load_job(path)
+    assert job.trials >= 1 and job.search_space
+    assert job.run_config().dataset.id == job.dataset.id
+
+
+def test_shipped_files_cover_the_knobs_of_the_issue():
+    searched = {knob for path in TUNING.glob("*.yaml") for knob in load_job(path).search_space}
+    assert {"reward_scale", "pa_alpha", "noise_sigma", "noise_penalty", "dmg_lambda", "dmg_nu", "num_critics"} <= searched
+    names = {p.name for p in TUNING.glob("*.yaml")}
+    assert {"quickstart.yaml", "hopper-medium-pars.yaml", "hopper-medium-pani.yaml", "hopper-medium-dmg.yaml",
+            "hopper-medium-combined.yaml"} <= names
+
+
+def test_paper_scale_jobs_use_the_paper_budget():
+    for name in ("pars", "pani", "dmg", "combined"):
+        job = load_job(TUNING / f"hopper-medium-{name}.yaml")
+        assert (job.dataset.id, job.steps, job.eval_every, job.eval_episodes) == ("rlservice/hopper-v5/medium-v0", 1_000_000, 5000, 10)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"search_space": {"pa_alfa": {"type": "uniform", "low": 0, "high": 1}}}, "search_space.pa_alfa: unknown knob"),
+        ({"search_space": {}}, "search_space is empty"),
+        ({"trials": 0}, "trials=0"),
+        ({"steps": -5}, "steps=-5"),
+        ({"search_space": {"dmg_lambda": {"type": "uniform", "low": 0.0, "high": 1.5}}}, "search_space.dmg_lambda allows 1.5"),
+        ({"search_space": {"noise_sigma": {"type": "loguniform", "low": 0.0, "high": 1.0}}}, "positive"),
+        ({"search_space": {"num_critics": {"type": "choice"}}}, "non-empty `values`"),
+        ({"search_space": {"pa_alpha": {"type": "uniform", "low": 0, "high": 1, "condition": {"use_pa": True}}}},
+         "refers to a knob that is not searched"),
+        ({"fixed": {"pa_alpha": 0.01}}, "fixed.pa_alpha=0.01: the knob is also in search_space"),
+        ({"fixed": {"steps": 10}}, "fixed.steps=10: set it with the job's `steps` field"),
+        ({"fixed": {"bogus": 1}}, "unknown key 'bogus'"),
+        ({"preset": "nope"}, "preset='nope' is unknown"),
+        ({"scheduler": {"type": "asha", "grace_period": 5000}}, "scheduler.grace_period=5000"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_bad_job_files_fail_with_one_line(changes, message):
+    with pytest.raises(ConfigError) as raised:
+        validate_job(minimal(**changes))
+    text = str(raised.value)
+    assert message in text and "\n" not in text
+
+
+def test_set_overrides_reach_nested_fields_and_dotted_knobs(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(minimal()))
+    job = load_job(path, ["trials=2", "scheduler.grace_period=200", "fixed.train.log_every=50", "fixed.critic_hidden=32"])
+    assert job.trials == 2 and job.scheduler.grace_period == 200
+    config = job.run_config({"pa_alpha": 1e-3})
+    assert config.train.log_every == 50 and config.agent.critic_hidden == 32 and config.agent.pa_alpha == 1e-3
+
+
+def sample(job, n):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = DefineByRun(job, job.run_config().agent.model_dump())
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        space(trial)
+        study.tell(trial, 0.0)
+        out.append(trial.params)
+    return out
+
+
+def test_switches_and_conditions_gate_their_knobs():
+    job = load_job(TUNING / "hopper-medium-combined.yaml")
+    configs = sample(job, 40)
+    for params in configs:
+        assert ("pa_alpha" in params) == params["use_pa"]
+        assert ("noise_sigma" in params) == params["use_pani"]
+        assert ("noise_penalty" in params) == params["use_pani"]  # refines noise_sigma: only where it is on
+        assert ("dmg_lambda" in params) == params["use_dmg"]
+        assert ("dmg_nu" in params) == params["use_dmg"]  # explicit condition
+        agent = job.run_config(params).agent
+        if not params["use_pa"]:
+            assert agent.pa_alpha == 0.0
+        if not params["use_pani"]:
+            assert agent.noise_sigma == 0.0
+        if params["use_dmg"]:
+            assert agent.bc_weight == params["dmg_nu"] and agent.dmg_lambda == params["dmg_lambda"]
+        else:
+            assert agent.dmg_lambda == 1.0
+    assert {p["use_pa"] for p in configs} == {True, False}
+
+
+def test_a_refining_knob_is_not_sampled_while_its_method_is_off():
+    off = validate_job(minimal(preset="td3bc", search_space={"noise_penalty": {"type": "uniform", "low": 0.1, "high": 2},
+                                                             "reward_scale": {"type": "loguniform", "low": 1, "high": 10}}))
+    assert all("noise_penalty" not in p for p in sample(off, 5))
+    on = validate_job(minimal(preset="pani", search_space=off.model_dump()["search_space"]))
+    assert all("noise_penalty" in p for p in sample(on, 5))
+
+
+def test_the_define_by_run_space_pickles():
+    """Ray saves the searcher with pickle to resume a job; a closure would lose the study."""
+    import pickle
+
+    job = load_job(TUNING / "quickstart.yaml")
+    space = pickle.loads(pickle.dumps(DefineByRun(job, job.run_config().agent.model_dump())))
+    assert space.order == job.search_order()
