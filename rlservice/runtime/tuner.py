@@ -87,7 +87,7 @@ def can_restore(experiment: str) -> bool:
 def searcher_observations(experiment: str) -> int:
     """Finished trials in the Optuna study Tune saved for this job (what a resumed searcher knows);
     read from local storage only (0 for a remote URI)."""
-    study = saved_study(experiment_dir)
+    study = saved_study(experiment)
     return 0 if study is None else sum(t.state.is_finished() for t in study.trials)
 
 
