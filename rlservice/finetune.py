@@ -14,7 +14,6 @@ far (`--resume` then loses no experience; the workers start fresh episodes).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -37,6 +36,7 @@ from rlservice.data.online_buffer import OnlineReplayBuffer
 from rlservice.errors import ConfigError, RLServiceError
 from rlservice.paths import home
 from rlservice.runtime.evaluators import RayEvaluator
+from rlservice.runtime.session import ray_session
 from rlservice.runtime.rollout import Rollout, RolloutPool
 from rlservice.train import Trainer, evaluation_record
 
@@ -195,7 +195,7 @@ class _Session:
         uri = self.state["tracking_uri"]
         self.mlflow = self._start_run(uri)
         status = "interrupted" if target < s.online_steps else "completed"
-        with _ray_session():
+        with ray_session():
             cpus = min(1.0, ray.cluster_resources().get("CPU", 1.0) / (s.rollout_workers + 1))
             d = self.trainer.data
             evaluator = RayEvaluator(1, cpus, d.env_id, s.eval_episodes, s.seed, d.ref_min_score, d.ref_max_score,
@@ -337,20 +337,4 @@ class _Session:
         version = models.register_policy(uri, self.mlflow.run_id, final, p["name"], tags).version
         tracking.client(uri).set_registered_model_alias(p["name"], FINETUNED, version)
         return str(version)
-
-
-@contextmanager
-def _ray_session():
-    """Use the Ray the caller started (or the cluster of a Ray job); else start one on loopback for the run."""
-    if ray.is_initialized():
-        yield
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 

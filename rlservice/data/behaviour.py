@@ -57,6 +57,7 @@ from rlservice.data.online_buffer import OnlineReplayBuffer
 from rlservice.errors import DatasetError
 from rlservice.evaluation import evaluate
 from rlservice.paths import home
+from rlservice.runtime.session import ray_session
 from rlservice.runtime.rollout import Rollout, RolloutPool
 
 ALGORITHM = "td3"
@@ -167,7 +168,7 @@ def _train_into(directory: Path, env_id: str, seed: int, budget: int, config: Be
 def train(env_id: str, seed: int, budget: int, config: BehaviourConfig, out: Path, progress: bool = True) -> dict:
     """Train online for `budget` env steps; write checkpoints and the buffer to `out`; return agent.json's content."""
     started = time.monotonic()
-    with _ray_session(), _learner_threads(config):
+    with ray_session(), _learner_threads(config):
         run = _Run(env_id, seed, budget, config, out)
         try:
             run.loop(progress)
@@ -292,18 +293,3 @@ def _learner_threads(config: BehaviourConfig):
     finally:
         torch.set_num_threads(previous)
 
-
-@contextmanager
-def _ray_session():
-    """Use the Ray the caller has started; else start one here (bound to loopback) for the run."""
-    if ray.is_initialized():
-        yield
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()

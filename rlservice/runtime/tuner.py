@@ -15,25 +15,17 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from rlservice.runtime import search
+from rlservice.runtime.session import start_ray
 from rlservice.runtime.tracking_bridge import JobTracking
 from rlservice.runtime.trial import TrialSetup, run_trial, scratch_root
 from rlservice.tuning_config import TuningJob
 
 
-# The embedded Ray's node address. Not 127.0.0.1: Ray replaces that one (and localhost) with the
-# machine's network address, while it keeps any other loopback address.
-EMBEDDED_NODE_IP = "127.0.0.2"
-
-
 def connect() -> None:
     """Inside a Ray job (RAY_ADDRESS is set) join its cluster; else start Ray here, sized to the
     machine, on a loopback address."""
-    if ray.is_initialized():
+    if not start_ray():
         return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address=EMBEDDED_NODE_IP)
     if threading.current_thread() is threading.main_thread():
         # SIGTERM stops the job like Ctrl-C: Tune saves its state and the job can be resumed.
         # (Set after ray.init, whose own handler would abort the driver.)
