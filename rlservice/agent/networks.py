@@ -14,6 +14,28 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class _SingleOutput(torch.autograd.Function):
+    """baddbmm(bias, x, weight) for weight [M, in, 1], with each product in a fast orientation.
+
+    On CPU, bmm with a single output column is ~4x slower than the same products as
+    weight^T @ x^T, and the input gradient, an outer product, ~15x slower as a bmm than as a
+    broadcast multiply (measured at [10, 512, 256]); the critics' and V's heads are such layers.
+    """
+
+    @staticmethod
+    def forward(ctx, bias, x, weight):
+        ctx.save_for_backward(x, weight)
+        return torch.baddbmm(bias, weight.mT, x.mT).mT
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_bias = grad.sum(dim=1, keepdim=True) if ctx.needs_input_grad[0] else None
+        grad_x = grad * weight.mT if ctx.needs_input_grad[1] else None
+        grad_weight = torch.bmm(grad.mT, x).mT if ctx.needs_input_grad[2] else None
+        return grad_bias, grad_x, grad_weight
+
+
 class BatchedLinear(nn.Module):
     """M independent Linear layers: x [M, B, in] -> [M, B, out].
 
@@ -30,6 +52,8 @@ class BatchedLinear(nn.Module):
         weight, bias = self.weight, self.bias
         if members is not None:
             weight, bias = weight[members], bias[members]
+        if weight.shape[-1] == 1:
+            return _SingleOutput.apply(bias, x, weight)
         return torch.baddbmm(bias, x, weight)
 
 

@@ -1,0 +1,255 @@
+"""Learner throughput: gradient steps/s and achieved FLOP/s against the machine's matmul peak.
+
+    python benchmarks/learner.py [--preset P] [--set k=v ...] [--steps N] [--device D]
+        [--num-seeds K] [--compile] [--baseline k=v ...] [--compare-reference] [--threads T] [--json]
+
+In one process it measures
+- peak: the best FLOP/s of a large square fp32 matmul (2 n^3 FLOP);
+- ceiling: the FLOP/s of the step's own matmuls (the shapes and transposes of the learner's
+  forward and backward, from rlservice.agent.flops) replayed alone, with nothing elementwise
+  in between: the most the learner could reach with these matrix sizes;
+- learner: gradient steps/s on a synthetic HalfCheetah-shaped buffer on the device (17 obs,
+  6 act), sampled exactly as the Trainer does, and the FLOP/s that achieves.
+With `--baseline k=v`, the same config with those overrides is timed too (e.g. noise_sigma=0 to
+price PANI's noise); with `--num-seeds K > 1`, a one-seed learner is timed to compare one
+K-seed run with K sequential runs; with `--compare-reference`, the plain TD3+BC step of
+reference_td3bc.py. Candidates are timed in interleaved repeats and the best repeat of each
+is reported: on a shared machine the best repeat is the least disturbed one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from reference_td3bc import TD3BC, synthetic_data
+from rlservice.agent.flops import Matmul, cycle_matmuls, step_flops
+from rlservice.agent.learner import Learner
+from rlservice.config import RunConfig, build_run_config, parse_overrides
+from rlservice.data.buffer import ReplayBuffer
+
+OBS_DIM, ACT_DIM = 17, 6  # HalfCheetah
+DATASET = "bench/halfcheetah-v0"  # a MuJoCo id: presets take their MuJoCo values
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_seconds(fn: Callable[[], None], device: torch.device, repeats: int) -> float:
+    fn()
+    synchronize(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_peak(device: torch.device, n: int, repeats: int) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    return 2 * n**3 / best_seconds(lambda: a @ b, device, repeats)
+
+
+def matmul_ceiling(matmuls: list[Matmul], device: torch.device, repeats: int) -> float:
+    """FLOP/s of `matmuls` run back to back with the kernels the learner's forward and backward
+    use (rlservice.agent.networks.BatchedLinear; single-output heads in their own orientation)."""
+    ops = []
+    for m in matmuls:
+        x = torch.randn(m.members, m.rows, m.in_features, device=device)
+        w = torch.randn(m.members, m.in_features, m.out_features, device=device)
+        g = torch.randn(m.members, m.rows, m.out_features, device=device)
+        bias = torch.randn(m.members, 1, m.out_features, device=device)
+        if m.out_features == 1:
+            kinds = {"forward": lambda x=x, w=w, bias=bias: torch.baddbmm(bias, w.mT, x.mT),
+                     "weight_grad": lambda x=x, g=g: torch.bmm(g.mT, x),
+                     "input_grad": lambda g=g, w=w: g * w.mT}
+        else:
+            kinds = {"forward": lambda x=x, w=w, bias=bias: torch.baddbmm(bias, x, w),
+                     "weight_grad": lambda x=x, g=g: torch.bmm(x.mT, g),
+                     "input_grad": lambda g=g, w=w: torch.bmm(g, w.mT)}
+        ops.append(kinds[m.kind])
+
+    def run():
+        for op in ops:
+            op()
+
+    return sum(m.flops for m in matmuls) / best_seconds(run, device, repeats)
+
+
+@dataclass
+class Candidate:
+    """Something that takes gradient steps; `rates` collects steps/s of each timed repeat."""
+
+    name: str
+    step: Callable[[], None]
+    warmup_seconds: float = 0.0
+    rates: list[float] = field(default_factory=list)
+
+
+def learner_candidate(name: str, run: RunConfig, buffer: ReplayBuffer, compile: bool, warmup: int) -> Candidate:
+    t = run.train
+    learner = Learner(run.agent, OBS_DIM, ACT_DIM, reward_min=-1.0, seeds=t.num_seeds, seed=t.seed,
+                      device=t.device, compile=compile)
+
+    def step():
+        learner.update(buffer.sample(learner.generator, t.num_seeds, t.batch_size))
+
+    return warmed(Candidate(name, step), warmup, torch.device(t.device))
+
+
+def reference_candidate(run: RunConfig, data: dict[str, np.ndarray], warmup: int) -> Candidate:
+    agent = TD3BC(OBS_DIM, ACT_DIM, run.train.device, hidden=run.agent.critic_hidden)
+    return warmed(Candidate("reference", lambda: agent.train_step(data, run.train.batch_size)), warmup,
+                  torch.device(run.train.device))
+
+
+def warmed(candidate: Candidate, steps: int, device: torch.device) -> Candidate:
+    start = time.perf_counter()
+    for _ in range(steps):
+        candidate.step()
+    synchronize(device)
+    candidate.warmup_seconds = time.perf_counter() - start
+    return candidate
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU time all processes of the machine have used since boot (Linux), else None."""
+    try:
+        with open("/proc/stat") as f:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    except (OSError, ValueError):
+        return None
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def time_interleaved(candidates: list[Candidate], steps: int, repeats: int, device: torch.device) -> float | None:
+    """Each repeat times `steps` steps of every candidate, synchronising only at the end.
+    Returns how many CPU cores other processes kept busy meanwhile, on average (None off Linux)."""
+    busy, own, wall = busy_cpu_seconds(), time.process_time(), time.perf_counter()
+    for _ in range(repeats):
+        for c in candidates:
+            start = time.perf_counter()
+            for _ in range(steps):
+                c.step()
+            synchronize(device)
+            c.rates.append(steps / (time.perf_counter() - start))
+    if busy is None:
+        return None
+    others = busy_cpu_seconds() - busy - (time.process_time() - own)
+    return max(0.0, others / (time.perf_counter() - wall))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="td3bc")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="K=V", help="agent/train override")
+    p.add_argument("--steps", type=int, default=200, help="steps per timed repeat")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=20, help="untimed steps first (they include compilation)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own choice)")
+    p.add_argument("--num-seeds", type=int, default=1)
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    p.add_argument("--baseline", action="append", default=[], metavar="K=V",
+                   help="also time the config with these overrides and report the overhead over it")
+    p.add_argument("--compare-reference", action="store_true", help="also time reference_td3bc.py (td3bc only)")
+    p.add_argument("--buffer-size", type=int, default=1_000_000)
+    p.add_argument("--peak-size", type=int, default=2048, help="n of the n x n matmul that measures the peak")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.compare_reference and args.preset != "td3bc":
+        p.error("--compare-reference needs --preset td3bc (the reference is TD3+BC)")
+
+    overrides = {**parse_overrides(args.sets), "train.num_seeds": args.num_seeds, "train.device": args.device}
+    run = build_run_config(DATASET, args.preset, overrides=overrides)
+    device, cfg, k, batch = torch.device(args.device), run.agent, args.num_seeds, run.train.batch_size
+
+    data = synthetic_data(args.buffer_size, OBS_DIM, ACT_DIM)
+    buffer = ReplayBuffer(data["obs"], data["actions"], data["rewards"][:, 0], data["next_obs"], data["dones"][:, 0],
+                          device=device)
+    candidates = [learner_candidate("learner", run, buffer, args.compile, args.warmup)]
+    if args.baseline:
+        base = build_run_config(DATASET, args.preset, overrides={**overrides, **parse_overrides(args.baseline)})
+        candidates.append(learner_candidate("baseline", base, buffer, args.compile, args.warmup))
+    if k > 1:
+        one = build_run_config(DATASET, args.preset, overrides={**overrides, "train.num_seeds": 1})
+        candidates.append(learner_candidate("one_seed", one, buffer, args.compile, args.warmup))
+    if args.compare_reference:
+        candidates.append(reference_candidate(run, data, args.warmup))
+
+    peak = matmul_peak(device, args.peak_size, repeats=10)
+    ceiling = matmul_ceiling(cycle_matmuls(cfg, OBS_DIM, ACT_DIM, batch, k), device, repeats=10)
+    other_cores = time_interleaved(candidates, args.steps, args.repeats, device)
+
+    flops = step_flops(cfg, OBS_DIM, ACT_DIM, batch, k)
+    main_c = candidates[0]
+    rate = max(main_c.rates)
+    result = {
+        "preset": args.preset, "overrides": args.sets, "device": str(device), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "num_seeds": k, "batch_size": batch, "obs_dim": OBS_DIM,
+        "act_dim": ACT_DIM, "compile": args.compile, "steps": args.steps, "repeats": args.repeats,
+        "peak_flops": peak, "ceiling_flops": ceiling, "ceiling_ratio": ceiling / peak,
+        "flops_per_step": flops, "steps_per_second": rate,
+        "steps_per_second_median": statistics.median(main_c.rates),
+        "achieved_flops": flops * rate, "peak_ratio": flops * rate / peak,
+        "warmup_seconds": main_c.warmup_seconds, "other_processes_cores": other_cores,
+    }
+    by_name = {c.name: c for c in candidates}
+    if "baseline" in by_name:
+        base_rate = max(by_name["baseline"].rates)
+        result["baseline"] = {"overrides": args.baseline, "steps_per_second": base_rate, "overhead": base_rate / rate - 1}
+    if "one_seed" in by_name:
+        one_rate = max(by_name["one_seed"].rates)
+        result["one_seed"] = {"steps_per_second": one_rate, "sequential_steps_per_second": one_rate / k,
+                              "vectorised_speedup": rate / (one_rate / k)}
+    if "reference" in by_name:
+        ref_rate = max(by_name["reference"].rates)
+        result["reference"] = {"steps_per_second": ref_rate, "ratio": rate / ref_rate}
+    print(json.dumps(result) if args.json else report(result))
+    return result
+
+
+def report(r: dict) -> str:
+    g = 1e9
+    lines = [
+        f"{r['preset']} {' '.join(r['overrides'])} | {r['device']}, torch {r['torch']}, {r['threads']} threads, "
+        f"{r['num_seeds']} seed(s), batch {r['batch_size']}, compile={r['compile']}",
+        f"matmul peak        {r['peak_flops'] / g:8.1f} GFLOP/s",
+        f"step's matmuls     {r['ceiling_flops'] / g:8.1f} GFLOP/s alone ({100 * r['ceiling_ratio']:.0f}% of peak)",
+        f"learner            {r['steps_per_second']:8.1f} steps/s (median {r['steps_per_second_median']:.1f}), "
+        f"{r['flops_per_step'] / g:.3f} GFLOP/step, {r['achieved_flops'] / g:.1f} GFLOP/s = "
+        f"{100 * r['peak_ratio']:.0f}% of peak; warm-up {r['warmup_seconds']:.1f} s",
+    ]
+    if r["other_processes_cores"] is not None:
+        lines.append(f"other processes kept {r['other_processes_cores']:.2f} of {os.cpu_count()} cores busy while timing")
+    if "baseline" in r:
+        b = r["baseline"]
+        lines.append(f"baseline {' '.join(b['overrides'])}: {b['steps_per_second']:.1f} steps/s; "
+                     f"overhead {100 * b['overhead']:+.1f}%")
+    if "one_seed" in r:
+        o = r["one_seed"]
+        lines.append(f"one seed alone     {o['steps_per_second']:8.1f} steps/s, so {r['num_seeds']} seeds in sequence "
+                     f"advance {o['sequential_steps_per_second']:.1f} steps/s; the {r['num_seeds']}-seed run is "
+                     f"{o['vectorised_speedup']:.2f}x that")
+    if "reference" in r:
+        ref = r["reference"]
+        lines.append(f"reference TD3+BC   {ref['steps_per_second']:8.1f} steps/s; learner / reference = {ref['ratio']:.2f}x")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

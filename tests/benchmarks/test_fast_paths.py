@@ -1,0 +1,46 @@
+"""The learner's performance paths compute what the plain formulation computes."""
+
+import contextlib
+
+import torch
+
+import rlservice.agent.learner as learner_module
+from rlservice.agent.learner import Batch, Learner
+from rlservice.agent.networks import BatchedLinear
+from rlservice.config import AgentConfig
+
+
+def test_single_output_layer_matches_baddbmm_values_and_gradients():
+    layer = BatchedLinear(4, 6, 1).double()
+    x = torch.randn(4, 5, 6, dtype=torch.double, requires_grad=True)
+    members = torch.tensor([3, 0, 3])
+    for idx in (None, members):
+        w, b = (layer.weight, layer.bias) if idx is None else (layer.weight[idx], layer.bias[idx])
+        xs = x if idx is None else x[:3]
+        expected = torch.baddbmm(b, xs, w)
+        got = layer(xs, idx)
+        torch.testing.assert_close(got, expected)
+        g = torch.randn_like(got)
+        grads = torch.autograd.grad(got, (xs, layer.weight, layer.bias), g)
+        expected_grads = torch.autograd.grad(expected, (xs, layer.weight, layer.bias), g)
+        for a, e in zip(grads, expected_grads):
+            torch.testing.assert_close(a, e)
+
+
+def test_frozen_critic_gives_the_actor_the_same_gradient_and_the_critic_none(monkeypatch):
+    cfg = AgentConfig(critic_hidden=8, actor_hidden=8, num_critics=3, critic_layernorm=True)
+    g = torch.Generator().manual_seed(0)
+    b = Batch(torch.randn(2, 16, 3, generator=g), torch.rand(2, 16, 2, generator=g) * 2 - 1,
+              torch.randn(2, 16, generator=g), torch.randn(2, 16, 3, generator=g), torch.zeros(2, 16))
+    lrn = Learner(cfg, 3, 2, reward_min=-1.0, seeds=2)
+    actor_params = list(lrn.actor.parameters())
+
+    lrn.actor_loss(b).sum().backward()
+    assert all(p.grad is None for p in lrn.critic.parameters())  # no critic weight gradients in the actor step
+    assert all(p.requires_grad for p in lrn.critic.parameters())  # and the critic is trainable again after it
+    frozen_grads = [p.grad for p in actor_params]
+
+    monkeypatch.setattr(learner_module, "frozen", lambda net: contextlib.nullcontext())  # the plain formulation
+    plain_grads = torch.autograd.grad(lrn.actor_loss(b).sum(), actor_params)
+    for a, e in zip(frozen_grads, plain_grads):
+        torch.testing.assert_close(a, e)
