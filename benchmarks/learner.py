@@ -1,10 +1,11 @@
 """Learner throughput: gradient steps/s and achieved FLOP/s against the machine's matmul peak.
 
     python benchmarks/learner.py [--preset P] [--set k=v ...] [--steps N] [--device D]
-        [--num-seeds K] [--compile] [--baseline k=v ...] [--compare-reference] [--threads T] [--json]
+        [--num-seeds K] [--seed-group G] [--compile] [--baseline k=v ...] [--compare-reference]
+        [--threads T] [--json]
 
 In one process it measures
-- peak: the best FLOP/s of a large square fp32 matmul (2 n^3 FLOP);
+- peak: the best FLOP/s of a large square fp32 matmul (2 n^3 FLOP), before and after the rest;
 - ceiling: the FLOP/s of the step's own matmuls (the shapes and transposes of the learner's
   forward and backward, from rlservice.agent.flops) replayed alone, with nothing elementwise
   in between: the most the learner could reach with these matrix sizes;
@@ -32,7 +33,7 @@ import torch
 
 from reference_td3bc import TD3BC, synthetic_data
 from rlservice.agent.flops import Matmul, cycle_matmuls, step_flops
-from rlservice.agent.learner import Learner
+from rlservice.agent.learner import Learner, seed_group_size
 from rlservice.config import RunConfig, build_run_config, parse_overrides
 from rlservice.data.buffer import ReplayBuffer
 
@@ -98,15 +99,21 @@ class Candidate:
     rates: list[float] = field(default_factory=list)
 
 
-def learner_candidate(name: str, run: RunConfig, buffer: ReplayBuffer, compile: bool, warmup: int) -> Candidate:
+def learner_candidate(name: str, run: RunConfig, buffer: ReplayBuffer, warmup: int) -> Candidate:
+    """The learner as the Trainer builds it (seed groups and compilation from `run.train`)."""
     t = run.train
     learner = Learner(run.agent, OBS_DIM, ACT_DIM, reward_min=-1.0, seeds=t.num_seeds, seed=t.seed,
-                      device=t.device, compile=compile)
+                      device=t.device, compile=t.compile, seed_group=group_size(run))
 
     def step():
         learner.update(buffer.sample(learner.generator, t.num_seeds, t.batch_size))
 
     return warmed(Candidate(name, step), warmup, torch.device(t.device))
+
+
+def group_size(run: RunConfig) -> int:
+    t = run.train
+    return t.seed_group or seed_group_size(run.agent, t.num_seeds, t.batch_size, t.device)
 
 
 def reference_candidate(run: RunConfig, data: dict[str, np.ndarray], warmup: int) -> Candidate:
@@ -161,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own choice)")
     p.add_argument("--num-seeds", type=int, default=1)
+    p.add_argument("--seed-group", type=int, help="seeds run together (default: as the Trainer chooses)")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks")
     p.add_argument("--baseline", action="append", default=[], metavar="K=V",
                    help="also time the config with these overrides and report the overhead over it")
@@ -174,33 +182,35 @@ def main(argv: list[str] | None = None) -> dict:
     if args.compare_reference and args.preset != "td3bc":
         p.error("--compare-reference needs --preset td3bc (the reference is TD3+BC)")
 
-    overrides = {**parse_overrides(args.sets), "train.num_seeds": args.num_seeds, "train.device": args.device}
+    overrides = {**parse_overrides(args.sets), "train.num_seeds": args.num_seeds, "train.device": args.device,
+                 "train.seed_group": args.seed_group, "train.compile": args.compile}
     run = build_run_config(DATASET, args.preset, overrides=overrides)
     device, cfg, k, batch = torch.device(args.device), run.agent, args.num_seeds, run.train.batch_size
 
     data = synthetic_data(args.buffer_size, OBS_DIM, ACT_DIM)
     buffer = ReplayBuffer(data["obs"], data["actions"], data["rewards"][:, 0], data["next_obs"], data["dones"][:, 0],
                           device=device)
-    candidates = [learner_candidate("learner", run, buffer, args.compile, args.warmup)]
+    candidates = [learner_candidate("learner", run, buffer, args.warmup)]
     if args.baseline:
         base = build_run_config(DATASET, args.preset, overrides={**overrides, **parse_overrides(args.baseline)})
-        candidates.append(learner_candidate("baseline", base, buffer, args.compile, args.warmup))
+        candidates.append(learner_candidate("baseline", base, buffer, args.warmup))
     if k > 1:
         one = build_run_config(DATASET, args.preset, overrides={**overrides, "train.num_seeds": 1})
-        candidates.append(learner_candidate("one_seed", one, buffer, args.compile, args.warmup))
+        candidates.append(learner_candidate("one_seed", one, buffer, args.warmup))
     if args.compare_reference:
         candidates.append(reference_candidate(run, data, args.warmup))
 
-    peak = matmul_peak(device, args.peak_size, repeats=10)
+    peak_before = matmul_peak(device, args.peak_size, repeats=10)
     ceiling = matmul_ceiling(cycle_matmuls(cfg, OBS_DIM, ACT_DIM, batch, k), device, repeats=10)
     other_cores = time_interleaved(candidates, args.steps, args.repeats, device)
+    peak = max(peak_before, matmul_peak(device, args.peak_size, repeats=10))  # the machine's speed drifts
 
     flops = step_flops(cfg, OBS_DIM, ACT_DIM, batch, k)
     main_c = candidates[0]
     rate = max(main_c.rates)
     result = {
         "preset": args.preset, "overrides": args.sets, "device": str(device), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "num_seeds": k, "batch_size": batch, "obs_dim": OBS_DIM,
+        "threads": torch.get_num_threads(), "num_seeds": k, "seed_group": group_size(run), "batch_size": batch, "obs_dim": OBS_DIM,
         "act_dim": ACT_DIM, "compile": args.compile, "steps": args.steps, "repeats": args.repeats,
         "peak_flops": peak, "ceiling_flops": ceiling, "ceiling_ratio": ceiling / peak,
         "flops_per_step": flops, "steps_per_second": rate,
@@ -227,7 +237,7 @@ def report(r: dict) -> str:
     g = 1e9
     lines = [
         f"{r['preset']} {' '.join(r['overrides'])} | {r['device']}, torch {r['torch']}, {r['threads']} threads, "
-        f"{r['num_seeds']} seed(s), batch {r['batch_size']}, compile={r['compile']}",
+        f"{r['num_seeds']} seed(s) in groups of {r['seed_group']}, batch {r['batch_size']}, compile={r['compile']}",
         f"matmul peak        {r['peak_flops'] / g:8.1f} GFLOP/s",
         f"step's matmuls     {r['ceiling_flops'] / g:8.1f} GFLOP/s alone ({100 * r['ceiling_ratio']:.0f}% of peak)",
         f"learner            {r['steps_per_second']:8.1f} steps/s (median {r['steps_per_second_median']:.1f}), "

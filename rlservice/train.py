@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from rlservice.agent.diagnostics import diagnostics, diverged, q_bound
-from rlservice.agent.learner import Learner
+from rlservice.agent.learner import Learner, seed_group_size
 from rlservice.agent.policy import Policy
 from rlservice.checkpoint import load_checkpoint, save_checkpoint
 from rlservice.config import RunConfig, TrainConfig, first_error
@@ -105,6 +105,8 @@ class Trainer:
             seed=t.seed,
             total_steps=t.steps,
             device=t.device,
+            compile=t.compile,
+            seed_group=t.seed_group or seed_group_size(run_config.agent, t.num_seeds, t.batch_size, t.device),
         )
         cfg = run_config.agent
         max_abs_reward = float(np.abs(d.rewards + cfg.reward_shift).max())

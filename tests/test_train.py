@@ -84,9 +84,12 @@ def test_resume_continues_as_if_uninterrupted(preset, hopper_random_dataset, tmp
     assert [h["step"] for h in resumed.history] == [60, 120]  # the history carries over too
 
 
-def test_vectorised_seeds_report_mean_and_std(hopper_random_dataset, tmp_path):
-    cfg = small_config(hopper_random_dataset, "td3bc", 100, **{"train.num_seeds": 3})
-    result = Trainer(cfg, tmp_path).run(progress=False)
+@pytest.mark.parametrize("group", [None, 2])
+def test_vectorised_seeds_report_mean_and_std(hopper_random_dataset, tmp_path, group):
+    cfg = small_config(hopper_random_dataset, "td3bc", 100, **{"train.num_seeds": 3, "train.seed_group": group})
+    trainer = Trainer(cfg, tmp_path)
+    assert [nets.seeds for _, nets in trainer.learner.groups] == ([3] if group is None else [2, 1])
+    result = trainer.run(progress=False)
     assert result.num_seeds == 3 and result.normalized_score_std is not None
 
 

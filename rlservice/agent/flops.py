@@ -19,8 +19,8 @@ What each part of the step runs (K seeds, N critics, batch B):
 - value (DMG, IQL): target critics forward on (s, a) [K*N, B]; V forward and backward on s.
 - critic target: target actor forward on s', then the target critics of the drawn subset
   forward on (s', a~') [K*target_subset, B] (lambda > 0); V forward on s' (lambda < 1).
-- critic: forward and backward on (s, a_hat), or on [data | infeasible] actions, 2B rows,
-  when PARS's PA term is on.
+- critic: forward and backward on (s, a_hat), and on (s, a_inf) for B (or `pa_samples`) more
+  rows when PARS's PA term is on.
 - actor, every `policy_freq` steps (so 1/policy_freq of it per step): actor forward and
   backward on s; with advantage weights, target critics forward on (s, a) and V forward on s;
   unless IQL, the critics (all N for `min`, `actor_q_subset` for `subset_mean`) forward on
@@ -81,8 +81,7 @@ def step_matmuls(cfg: AgentConfig, obs_dim: int, act_dim: int, batch: int, seeds
         parts["critic_target"] += mlp_matmuls(k * cfg.target_subset, batch, critic, train=False)
     if cfg.dmg_lambda < 1:
         parts["critic_target"] += mlp_matmuls(k, batch, value, train=False)
-    rows = 2 * batch if cfg.pa_alpha > 0 else batch
-    parts["critic"] = mlp_matmuls(k * n, rows, critic, train=True)
+    parts["critic"] = mlp_matmuls(k * n, cfg.critic_rows(batch), critic, train=True)
     parts["actor"] = mlp_matmuls(k, batch, actor, train=True)
     if cfg.awr_temperature > 0:
         parts["actor"] += mlp_matmuls(k * n, batch, critic, train=False) + mlp_matmuls(k, batch, value, train=False)

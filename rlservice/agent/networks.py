@@ -7,6 +7,7 @@ so N critics x K seeds cost one kernel launch per layer instead of N*K.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -142,3 +143,14 @@ class ValueNet(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(obs).squeeze(-1)
+
+
+def seed_view(net: nn.Module, seeds: int, start: int, stop: int) -> nn.Module:
+    """`net` restricted to seeds [start, stop): the same modules, each parameter a view of the
+    matching slice of `net`'s (members first, seed-major), so an update to `net` shows here."""
+    view = copy.deepcopy(net)
+    for full, part in zip(net.modules(), view.modules()):
+        for name, p in full._parameters.items():
+            members = p.shape[0] // seeds
+            part._parameters[name] = nn.Parameter(p.detach()[start * members : stop * members], p.requires_grad)
+    return view

@@ -169,6 +169,18 @@ def test_pa_loss_pushes_infeasible_actions_to_q_min(monkeypatch):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-3)
 
 
+def test_pa_samples_penalise_the_first_states_only(monkeypatch):
+    monkeypatch.setattr(pars, "infeasible_actions", lambda shape, *args: 150.0 + torch.arange(shape[1]).view(1, -1, 1).expand(shape))
+    lrn, b = learner(tiny(pa_alpha=1e-3, num_critics=2, pa_samples=5)), make_batch()
+    with torch.no_grad():
+        a_inf = 150.0 + torch.arange(5.0).view(-1, 1).expand(5, ACT)
+        expected = sum(((ref_q(lrn.critic, 0, i, b.obs[0, :5], a_inf) - lrn.q_floor) ** 2).mean() for i in range(2))
+        expected_td = sum(((ref_q(lrn.critic, 0, i, b.obs[0], b.actions[0])) ** 2).mean() for i in range(2))
+        got = lrn.critic_losses(b, torch.zeros(1, B))
+    torch.testing.assert_close(got["pa_loss"][0], expected, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(got["critic_loss"][0], expected_td, rtol=1e-5, atol=1e-5)  # the TD term keeps all B rows
+
+
 def test_q_min_closed_form_and_config_reward_min_wins():
     assert pars.q_min(5.0, -1.0, 0.99) == pytest.approx(-500.0)
     assert learner(tiny(reward_min=0.5, reward_scale=4.0), reward_min=-9.0).q_floor == pytest.approx(4 * 0.5 / 0.01)

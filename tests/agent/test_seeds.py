@@ -1,12 +1,13 @@
 """Vectorised seeds: K agents in one learner with stacked weights must behave exactly like K
-separate one-seed learners, each with its own initial weights and its own batches."""
+separate one-seed learners, each with its own initial weights and its own batches, whether
+they run all at once or in groups."""
 
 import numpy as np
 import pytest
 import torch
 
 from rlservice.agent import pani, pars
-from rlservice.agent.learner import Batch, Learner
+from rlservice.agent.learner import Batch, Learner, seed_group_size
 from rlservice.config import AgentConfig
 from rlservice.data.buffer import ReplayBuffer
 
@@ -88,3 +89,30 @@ def test_seed_k_of_a_vectorised_learner_equals_a_one_seed_learner(deterministic_
             trained = vectorised.networks()[name].state_dict()
             for p, v in net.state_dict().items():
                 torch.testing.assert_close(v, seed_slice(trained[p], k, K), rtol=1e-5, atol=1e-6, msg=f"{name}.{p}")
+
+
+def test_seed_groups_train_exactly_like_all_seeds_at_once(deterministic_noise):
+    """Groups run on views of the K-seed parameters and write their gradients into views of the
+    K-seed gradients: after a checkpoint round trip and four steps the weights must agree."""
+    cfg = config(policy_noise=0.0)
+    together = Learner(cfg, OBS, ACT, reward_min=-1.0, seeds=K, seed=7, total_steps=10)
+    grouped = Learner(cfg, OBS, ACT, reward_min=-1.0, seeds=K, seed=8, total_steps=10, seed_group=2)
+    assert [nets.seeds for _, nets in grouped.groups] == [2, 1]
+    grouped.load_state_dict(together.state_dict())  # in place: the groups' views see the loaded weights
+    for i in range(4):
+        batch = make_batch(K, seed=i)
+        a, b = together.update(batch), grouped.update(batch)
+        assert a.keys() == b.keys() and all(v.shape == (K,) for v in b.values())
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for name, net in together.networks().items():
+        torch.testing.assert_close(grouped.networks()[name].state_dict(), net.state_dict(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grouped.state_dict()["critic_opt"], together.state_dict()["critic_opt"], rtol=1e-5, atol=1e-6)
+
+
+def test_seed_group_size_keeps_cpu_activations_in_cache():
+    pars_like = AgentConfig(num_critics=10, critic_hidden=256, pa_alpha=1e-3)  # 4 B x 512 rows x 10 x 256 = 5 MiB a seed
+    assert seed_group_size(pars_like, 5, 256, "cpu") == 1
+    assert seed_group_size(pars_like.model_copy(update={"num_critics": 4}), 5, 256, "cpu") == 3  # 2 MiB a seed
+    assert seed_group_size(AgentConfig(num_critics=2, critic_hidden=256), 5, 256, "cpu") == 5  # TD3+BC: 0.5 MiB a seed
+    assert seed_group_size(pars_like, 5, 256, "cuda") == 5
+    assert seed_group_size(pars_like.model_copy(update={"critic_hidden": 4096}), 5, 256, "cpu") == 1
