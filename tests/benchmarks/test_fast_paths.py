@@ -44,3 +44,17 @@ def test_frozen_critic_gives_the_actor_the_same_gradient_and_the_critic_none(mon
     plain_grads = torch.autograd.grad(lrn.actor_loss(b).sum(), actor_params)
     for a, e in zip(frozen_grads, plain_grads):
         torch.testing.assert_close(a, e)
+
+
+def test_compiled_learner_takes_the_eager_learners_steps():
+    cfg = AgentConfig(critic_hidden=8, actor_hidden=8, num_critics=3, critic_layernorm=True, pa_alpha=1e-3,
+                      policy_noise=0.0)
+    g = torch.Generator().manual_seed(0)
+    b = Batch(torch.randn(2, 16, 3, generator=g), torch.rand(2, 16, 2, generator=g) * 2 - 1,
+              torch.randn(2, 16, generator=g), torch.randn(2, 16, 3, generator=g), torch.zeros(2, 16))
+    eager = Learner(cfg, 3, 2, reward_min=-1.0, seeds=2, seed=5)
+    compiled = Learner(cfg, 3, 2, reward_min=-1.0, seeds=2, seed=5, compile=True)
+    for _ in range(2):  # a critic step, then one with the actor and the targets
+        torch.testing.assert_close(compiled.update(b), eager.update(b), rtol=1e-4, atol=1e-5)
+    for name, net in eager.networks().items():
+        torch.testing.assert_close(compiled.networks()[name].state_dict(), net.state_dict(), rtol=1e-4, atol=1e-5)
