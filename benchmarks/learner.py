@@ -103,17 +103,12 @@ def learner_candidate(name: str, run: RunConfig, buffer: ReplayBuffer, warmup: i
     """The learner as the Trainer builds it (seed groups and compilation from `run.train`)."""
     t = run.train
     learner = Learner(run.agent, OBS_DIM, ACT_DIM, reward_min=-1.0, seeds=t.num_seeds, seed=t.seed,
-                      device=t.device, compile=t.compile, seed_group=group_size(run))
+                      device=t.device, compile=t.compile, seed_group=seed_group_size(run.agent, t))
 
     def step():
         learner.update(buffer.sample(learner.generator, t.num_seeds, t.batch_size))
 
     return warmed(Candidate(name, step), warmup, torch.device(t.device))
-
-
-def group_size(run: RunConfig) -> int:
-    t = run.train
-    return t.seed_group or seed_group_size(run.agent, t.num_seeds, t.batch_size, t.device)
 
 
 def reference_candidate(run: RunConfig, data: dict[str, np.ndarray], warmup: int) -> Candidate:
@@ -210,7 +205,8 @@ def main(argv: list[str] | None = None) -> dict:
     rate = max(main_c.rates)
     result = {
         "preset": args.preset, "overrides": args.sets, "device": str(device), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "num_seeds": k, "seed_group": group_size(run), "batch_size": batch, "obs_dim": OBS_DIM,
+        "threads": torch.get_num_threads(), "num_seeds": k, "seed_group": seed_group_size(cfg, run.train),
+        "batch_size": batch, "obs_dim": OBS_DIM,
         "act_dim": ACT_DIM, "compile": args.compile, "steps": args.steps, "repeats": args.repeats,
         "peak_flops": peak, "ceiling_flops": ceiling, "ceiling_ratio": ceiling / peak,
         "flops_per_step": flops, "steps_per_second": rate,

@@ -106,7 +106,7 @@ class Trainer:
             total_steps=t.steps,
             device=t.device,
             compile=t.compile,
-            seed_group=t.seed_group or seed_group_size(run_config.agent, t.num_seeds, t.batch_size, t.device),
+            seed_group=seed_group_size(run_config.agent, t),
         )
         cfg = run_config.agent
         max_abs_reward = float(np.abs(d.rewards + cfg.reward_shift).max())

@@ -28,7 +28,7 @@ import torch
 
 from rlservice.agent import dmg, pani, pars
 from rlservice.agent.networks import Actor, CriticEnsemble, ValueNet, seed_view
-from rlservice.config import AgentConfig
+from rlservice.config import AgentConfig, TrainConfig
 
 # Seeds per group on a CPU: as many as keep the widest activation (the critics' hidden layer)
 # under this size. Measured on a 2-core CPU with a 32 MiB L3 (`benchmarks/learner.py --preset
@@ -62,6 +62,11 @@ class Nets:
     actor_target: Actor
     critic_target: CriticEnsemble
 
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The networks by field name; V only where there is one."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name != "seeds" and getattr(self, f.name) is not None}
+
 
 Objective = tuple[torch.Tensor, dict[str, torch.Tensor]]  # (per-seed loss to minimise, per-seed metrics)
 
@@ -70,12 +75,15 @@ def _named(name: str, loss: torch.Tensor) -> Objective:
     return loss, {name: loss}
 
 
-def seed_group_size(cfg: AgentConfig, seeds: int, batch_size: int, device: str | torch.device) -> int:
-    """All seeds at once on a GPU; on a CPU as many as fit CPU_GROUP_BYTES (at least one)."""
-    if torch.device(device).type != "cpu":
-        return seeds
-    per_seed = 4 * cfg.critic_rows(batch_size) * cfg.num_critics * cfg.critic_hidden
-    return max(1, min(seeds, CPU_GROUP_BYTES // per_seed))
+def seed_group_size(cfg: AgentConfig, train: TrainConfig) -> int:
+    """`train.seed_group` if set; else all seeds at once on a GPU, and on a CPU as many as fit
+    CPU_GROUP_BYTES (at least one)."""
+    if train.seed_group is not None:
+        return train.seed_group
+    if torch.device(train.device).type != "cpu":
+        return train.num_seeds
+    per_seed = 4 * cfg.critic_rows(train.batch_size) * cfg.num_critics * cfg.critic_hidden
+    return max(1, min(train.num_seeds, CPU_GROUP_BYTES // per_seed))
 
 
 @contextmanager
@@ -126,9 +134,8 @@ class Learner:
         if compile:
             # Fuses LayerNorm, ReLU and their backward; compiled in place, so state_dict keys stay.
             for _, nets in self.groups:
-                for net in (nets.actor, nets.critic, nets.value, nets.actor_target, nets.critic_target):
-                    if net is not None:
-                        net.compile(dynamic=False)
+                for net in nets.modules().values():
+                    net.compile(dynamic=False)
 
         fused = {"fused": True}
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, **fused)
@@ -156,20 +163,19 @@ class Learner:
         k = nets.seeds
         if size >= k:
             return [(None, nets)]
-        trained = [name for name in ("actor", "critic", "value") if getattr(nets, name) is not None]
-        for name in trained:
-            for p in getattr(nets, name).parameters():
+        trained = {name: net for name, net in nets.modules().items() if not name.endswith("_target")}
+        for net in trained.values():
+            for p in net.parameters():
                 p.grad = torch.zeros_like(p)
         groups = []
         for start in range(0, k, size):
             stop = min(k, start + size)
-            views = {f.name: seed_view(getattr(nets, f.name), k, start, stop) if getattr(nets, f.name) is not None else None
-                     for f in fields(Nets) if f.name != "seeds"}
-            for name in trained:
-                for full, part in zip(getattr(nets, name).parameters(), views[name].parameters()):
+            views = {name: seed_view(net, k, start, stop) for name, net in nets.modules().items()}
+            for name, net in trained.items():
+                for full, part in zip(net.parameters(), views[name].parameters()):
                     members = full.shape[0] // k
                     part.grad = full.grad[start * members : stop * members]
-            groups.append((slice(start, stop), Nets(seeds=stop - start, **views)))
+            groups.append((slice(start, stop), Nets(seeds=stop - start, value=views.pop("value", None), **views)))
         return groups
 
     # ----------------------------------------------------------------- the update
@@ -290,11 +296,7 @@ class Learner:
 
     # ----------------------------------------------------------------- state
     def networks(self) -> dict[str, torch.nn.Module]:
-        nets = {"actor": self.actor, "critic": self.critic, "actor_target": self.actor_target,
-                "critic_target": self.critic_target}
-        if self.value is not None:
-            nets["value"] = self.value
-        return nets
+        return self.nets.modules()
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: weights, targets, optimisers, schedule, RNG, step."""

@@ -9,9 +9,10 @@ import math
 
 import pytest
 import torch
+from batches import random_batch
 
 from rlservice.agent import dmg, pani, pars
-from rlservice.agent.learner import Batch, Learner
+from rlservice.agent.learner import Learner
 from rlservice.config import AgentConfig
 
 OBS, ACT, B = 3, 2, 16
@@ -47,14 +48,7 @@ def tiny(**knobs):
 
 
 def make_batch(seeds=1, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return Batch(
-        obs=torch.randn(seeds, B, OBS, generator=g),
-        actions=torch.rand(seeds, B, ACT, generator=g) * 2 - 1,
-        rewards=torch.randn(seeds, B, generator=g),
-        next_obs=torch.randn(seeds, B, OBS, generator=g),
-        dones=(torch.rand(seeds, B, generator=g) < 0.3).float(),
-    )
+    return random_batch(seeds, B, OBS, ACT, seed)
 
 
 def learner(cfg, seeds=1, reward_min=-2.0):

@@ -5,10 +5,11 @@ they run all at once or in groups."""
 import numpy as np
 import pytest
 import torch
+from batches import random_batch
 
 from rlservice.agent import pani, pars
 from rlservice.agent.learner import Batch, Learner, seed_group_size
-from rlservice.config import AgentConfig
+from rlservice.config import AgentConfig, TrainConfig
 from rlservice.data.buffer import ReplayBuffer
 
 OBS, ACT, B, K = 3, 2, 16, 3
@@ -27,15 +28,8 @@ def seed_slice(t: torch.Tensor, k: int, seeds: int) -> torch.Tensor:
     return t.unflatten(0, (seeds, -1))[k]
 
 
-def make_batch(seeds: int, seed: int) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    return Batch(
-        obs=torch.randn(seeds, B, OBS, generator=g),
-        actions=torch.rand(seeds, B, ACT, generator=g) * 2 - 1,
-        rewards=torch.randn(seeds, B, generator=g),
-        next_obs=torch.randn(seeds, B, OBS, generator=g),
-        dones=(torch.rand(seeds, B, generator=g) < 0.3).float(),
-    )
+def make_batch(seeds: int, seed: int):
+    return random_batch(seeds, B, OBS, ACT, seed)
 
 
 def test_each_seed_starts_from_its_own_weights():
@@ -111,8 +105,10 @@ def test_seed_groups_train_exactly_like_all_seeds_at_once(deterministic_noise):
 
 def test_seed_group_size_keeps_cpu_activations_in_cache():
     pars_like = AgentConfig(num_critics=10, critic_hidden=256, pa_alpha=1e-3)  # 4 B x 512 rows x 10 x 256 = 5 MiB a seed
-    assert seed_group_size(pars_like, 5, 256, "cpu") == 1
-    assert seed_group_size(pars_like.model_copy(update={"num_critics": 4}), 5, 256, "cpu") == 3  # 2 MiB a seed
-    assert seed_group_size(AgentConfig(num_critics=2, critic_hidden=256), 5, 256, "cpu") == 5  # TD3+BC: 0.5 MiB a seed
-    assert seed_group_size(pars_like, 5, 256, "cuda") == 5
-    assert seed_group_size(pars_like.model_copy(update={"critic_hidden": 4096}), 5, 256, "cpu") == 1
+    cpu, cuda = TrainConfig(num_seeds=5, batch_size=256), TrainConfig(num_seeds=5, batch_size=256, device="cuda")
+    assert seed_group_size(pars_like, cpu) == 1
+    assert seed_group_size(pars_like.model_copy(update={"num_critics": 4}), cpu) == 3  # 2 MiB a seed
+    assert seed_group_size(AgentConfig(num_critics=2, critic_hidden=256), cpu) == 5  # TD3+BC: 0.5 MiB a seed
+    assert seed_group_size(pars_like, cuda) == 5
+    assert seed_group_size(pars_like.model_copy(update={"critic_hidden": 4096}), cpu) == 1
+    assert seed_group_size(pars_like, cpu.model_copy(update={"seed_group": 4})) == 4  # set by the user

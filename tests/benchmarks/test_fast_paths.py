@@ -3,9 +3,10 @@
 import contextlib
 
 import torch
+from batches import random_batch
 
 import rlservice.agent.learner as learner_module
-from rlservice.agent.learner import Batch, Learner
+from rlservice.agent.learner import Learner
 from rlservice.agent.networks import BatchedLinear
 from rlservice.config import AgentConfig
 
@@ -29,9 +30,7 @@ def test_single_output_layer_matches_baddbmm_values_and_gradients():
 
 def test_frozen_critic_gives_the_actor_the_same_gradient_and_the_critic_none(monkeypatch):
     cfg = AgentConfig(critic_hidden=8, actor_hidden=8, num_critics=3, critic_layernorm=True)
-    g = torch.Generator().manual_seed(0)
-    b = Batch(torch.randn(2, 16, 3, generator=g), torch.rand(2, 16, 2, generator=g) * 2 - 1,
-              torch.randn(2, 16, generator=g), torch.randn(2, 16, 3, generator=g), torch.zeros(2, 16))
+    b = random_batch(2, 16, 3, 2, done_prob=0.0)
     lrn = Learner(cfg, 3, 2, reward_min=-1.0, seeds=2)
     actor_params = list(lrn.actor.parameters())
 
@@ -49,9 +48,7 @@ def test_frozen_critic_gives_the_actor_the_same_gradient_and_the_critic_none(mon
 def test_compiled_learner_takes_the_eager_learners_steps():
     cfg = AgentConfig(critic_hidden=8, actor_hidden=8, num_critics=3, critic_layernorm=True, pa_alpha=1e-3,
                       policy_noise=0.0)
-    g = torch.Generator().manual_seed(0)
-    b = Batch(torch.randn(2, 16, 3, generator=g), torch.rand(2, 16, 2, generator=g) * 2 - 1,
-              torch.randn(2, 16, generator=g), torch.randn(2, 16, 3, generator=g), torch.zeros(2, 16))
+    b = random_batch(2, 16, 3, 2, done_prob=0.0)
     eager = Learner(cfg, 3, 2, reward_min=-1.0, seeds=2, seed=5)
     compiled = Learner(cfg, 3, 2, reward_min=-1.0, seeds=2, seed=5, compile=True)
     for _ in range(2):  # a critic step, then one with the actor and the targets

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from batches import random_batch
 from torch.utils.flop_counter import FlopCounterMode
 
 from rlservice.agent.flops import cycle_matmuls, step_flops
-from rlservice.agent.learner import Batch, Learner
+from rlservice.agent.learner import Learner
 from rlservice.config import AgentConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,10 +54,7 @@ def test_counter_matches_the_matmuls_a_step_runs(knobs, seeds):
     cfg = AgentConfig(**{"critic_hidden": 16, "actor_hidden": 12, **knobs})
     obs, act, batch = 5, 3, 8
     learner = Learner(cfg, obs, act, reward_min=-1.0, seeds=seeds)
-    g = torch.Generator().manual_seed(0)
-    b = Batch(torch.randn(seeds, batch, obs, generator=g), torch.rand(seeds, batch, act, generator=g) * 2 - 1,
-              torch.randn(seeds, batch, generator=g), torch.randn(seeds, batch, obs, generator=g),
-              torch.zeros(seeds, batch))
+    b = random_batch(seeds, batch, obs, act, done_prob=0.0)
     with FlopCounterMode(display=False) as counter:
         for _ in range(cfg.policy_freq):  # one full cycle: critic steps and one actor step
             learner.update(b)
