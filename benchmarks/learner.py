@@ -15,7 +15,9 @@ With `--baseline k=v`, the same config with those overrides is timed too (e.g. n
 price PANI's noise); with `--num-seeds K > 1`, a one-seed learner is timed to compare one
 K-seed run with K sequential runs; with `--compare-reference`, the plain TD3+BC step of
 reference_td3bc.py. Candidates are timed in interleaved repeats and the best repeat of each
-is reported: on a shared machine the best repeat is the least disturbed one.
+is reported: on a shared machine the best repeat is the least disturbed one. Each comparison
+also gives the median over repeats of the ratio between neighbouring repeats ("paired"), which
+is steadier where the machine's speed drifts between repeats.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch
 from reference_td3bc import TD3BC, synthetic_data
 from rlservice.agent.flops import Matmul, cycle_matmuls, step_flops
 from rlservice.agent.learner import Learner, seed_group_size
+from rlservice.allocator import retain_freed_memory
 from rlservice.config import RunConfig, build_run_config, parse_overrides
 from rlservice.data.buffer import ReplayBuffer
 
@@ -172,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--peak-size", type=int, default=2048, help="n of the n x n matmul that measures the peak")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = p.parse_args(argv)
+    retain_freed_memory()  # as the Trainer does; the reference runs under the same settings
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.compare_reference and args.preset != "td3bc":
@@ -216,17 +220,27 @@ def main(argv: list[str] | None = None) -> dict:
     }
     by_name = {c.name: c for c in candidates}
     if "baseline" in by_name:
-        base_rate = max(by_name["baseline"].rates)
-        result["baseline"] = {"overrides": args.baseline, "steps_per_second": base_rate, "overhead": base_rate / rate - 1}
+        base = by_name["baseline"].rates
+        result["baseline"] = {"overrides": args.baseline, "steps_per_second": max(base), "overhead": max(base) / rate - 1,
+                              "overhead_paired": paired_median(base, main_c.rates) - 1}
     if "one_seed" in by_name:
-        one_rate = max(by_name["one_seed"].rates)
-        result["one_seed"] = {"steps_per_second": one_rate, "sequential_steps_per_second": one_rate / k,
-                              "vectorised_speedup": rate / (one_rate / k)}
+        one = [r / k for r in by_name["one_seed"].rates]  # K sequential one-seed runs advance this many steps/s
+        result["one_seed"] = {"steps_per_second": max(one) * k, "sequential_steps_per_second": max(one),
+                              "vectorised_speedup": rate / max(one),
+                              "vectorised_speedup_paired": paired_median(main_c.rates, one)}
     if "reference" in by_name:
-        ref_rate = max(by_name["reference"].rates)
-        result["reference"] = {"steps_per_second": ref_rate, "ratio": rate / ref_rate}
+        ref = by_name["reference"].rates
+        result["reference"] = {"steps_per_second": max(ref), "ratio": rate / max(ref),
+                               "ratio_paired": paired_median(main_c.rates, ref)}
     print(json.dumps(result) if args.json else report(result))
     return result
+
+
+def paired_median(rates: list[float], others: list[float]) -> float:
+    """Median over repeats of rates[i] / others[i]: each repeat against the one timed next to it,
+    which discounts the machine's drift between repeats (the best repeats may come from
+    different minutes)."""
+    return statistics.median(a / b for a, b in zip(rates, others, strict=True))
 
 
 def report(r: dict) -> str:
@@ -245,15 +259,16 @@ def report(r: dict) -> str:
     if "baseline" in r:
         b = r["baseline"]
         lines.append(f"baseline {' '.join(b['overrides'])}: {b['steps_per_second']:.1f} steps/s; "
-                     f"overhead {100 * b['overhead']:+.1f}%")
+                     f"overhead {100 * b['overhead']:+.1f}% (paired repeats: {100 * b['overhead_paired']:+.1f}%)")
     if "one_seed" in r:
         o = r["one_seed"]
         lines.append(f"one seed alone     {o['steps_per_second']:8.1f} steps/s, so {r['num_seeds']} seeds in sequence "
                      f"advance {o['sequential_steps_per_second']:.1f} steps/s; the {r['num_seeds']}-seed run is "
-                     f"{o['vectorised_speedup']:.2f}x that")
+                     f"{o['vectorised_speedup']:.2f}x that (paired repeats: {o['vectorised_speedup_paired']:.2f}x)")
     if "reference" in r:
         ref = r["reference"]
-        lines.append(f"reference TD3+BC   {ref['steps_per_second']:8.1f} steps/s; learner / reference = {ref['ratio']:.2f}x")
+        lines.append(f"reference TD3+BC   {ref['steps_per_second']:8.1f} steps/s; learner / reference = {ref['ratio']:.2f}x "
+                     f"(paired repeats: {ref['ratio_paired']:.2f}x)")
     return "\n".join(lines)
 
 

@@ -33,14 +33,16 @@ ROWS = [
 
 def comparison(r: dict) -> str:
     if "reference" in r:
-        return f"reference {r['reference']['steps_per_second']:.1f} steps/s: learner {r['reference']['ratio']:.2f}x"
+        ref = r["reference"]
+        return f"reference {ref['steps_per_second']:.1f} steps/s: learner {ref['ratio']:.2f}x (paired {ref['ratio_paired']:.2f}x)"
     if "baseline" in r:
         b = r["baseline"]
-        return f"without ({' '.join(b['overrides'])}) {b['steps_per_second']:.1f} steps/s: overhead {100 * b['overhead']:+.0f}%"
+        return (f"without ({' '.join(b['overrides'])}) {b['steps_per_second']:.1f} steps/s: overhead {100 * b['overhead']:+.0f}% "
+                f"(paired {100 * b['overhead_paired']:+.0f}%)")
     if "one_seed" in r:
         o = r["one_seed"]
         return (f"one seed {o['steps_per_second']:.1f} steps/s: {r['num_seeds']} seeds in groups of {r['seed_group']} "
-                f"run {o['vectorised_speedup']:.2f}x {r['num_seeds']} sequential runs")
+                f"run {o['vectorised_speedup']:.2f}x (paired {o['vectorised_speedup_paired']:.2f}x) {r['num_seeds']} sequential runs")
     return ""
 
 

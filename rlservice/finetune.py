@@ -141,8 +141,8 @@ def finetune(model_ref: str, online_steps: int, *, tracking_uri: str | None = No
     learner = trainer.learner
     # The optimisers restart at the configured rates (an offline cosine schedule has annealed the actor's to ~0).
     for opt, lr in ((learner.actor_opt, cfg.actor_lr), (learner.critic_opt, cfg.critic_lr), (learner.value_opt, cfg.value_lr)):
-        for group in opt.param_groups if opt is not None else ():
-            group["lr"] = lr
+        if opt is not None:
+            opt.lr = lr
     parent = {k: str(parent[k]) for k in ("model_uri", "name", "version", "run_id", "dataset")}
     progress_state = {"settings": s.model_dump(), "parent": parent, "tracking_uri": uri, "env_steps": 0,
                       "updates": 0, "history": [], "mlflow_run_ids": []}

@@ -80,7 +80,7 @@ def test_resume_continues_as_if_uninterrupted(preset, hopper_random_dataset, tmp
     for name, net in straight.learner.networks().items():
         for (key, p), q in zip(net.state_dict().items(), resumed.learner.networks()[name].state_dict().values()):
             assert torch.equal(p, q), f"{name}.{key}"
-    assert straight.learner.actor_opt.param_groups[0]["lr"] == resumed.learner.actor_opt.param_groups[0]["lr"]
+    assert straight.learner.actor_opt.lr == resumed.learner.actor_opt.lr
     assert [h["step"] for h in resumed.history] == [60, 120]  # the history carries over too
 
 

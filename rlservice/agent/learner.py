@@ -9,8 +9,7 @@ Adam, being element-wise, keeps them independent too.
 The seeds may run in groups (`seed_group`): each group's forward and backward runs on
 networks whose parameters are views of the K-seed ones, its gradients land in their slices
 of the K-seed gradients, and one optimiser step then updates all seeds. On a CPU this keeps
-the activations in cache: a 10-critic PARS step over 5 seeds at once runs at memory speed
-and is slower than 5 one-seed steps (`seed_group_size`).
+the activations in cache, and a K-seed run no slower than K one-seed runs (`seed_group_size`).
 
 The update never reads a value back to the host: there is no `.item()`, no data-dependent
 Python branch, and the returned metrics are device tensors that the caller reads when it
@@ -27,13 +26,15 @@ from typing import Callable
 import torch
 
 from rlservice.agent import dmg, pani, pars
+from rlservice.agent.adam import FusedAdam, cosine_lr
 from rlservice.agent.networks import Actor, CriticEnsemble, ValueNet, seed_view
 from rlservice.config import AgentConfig, TrainConfig
 
 # Seeds per group on a CPU: as many as keep the widest activation (the critics' hidden layer)
 # under this size. Measured on a 2-core CPU with a 32 MiB L3 (`benchmarks/learner.py --preset
-# pars --num-seeds 5 --seed-group G`, 5 MiB a seed): against 5 one-seed runs, 5 seeds in groups
-# of 1 ran 1.05x, in groups of 2 0.89x, all at once 0.75x.
+# pars --num-seeds 5 --seed-group G`, 5 MiB a seed, median of paired repeats): against 5 one-seed
+# runs, 5 seeds in groups of 1 ran 0.99-1.02x, all at once 0.92-0.99x. (Before
+# rlservice/allocator.py, 1.05x against 0.75x: most of that gap was page faults.)
 CPU_GROUP_BYTES = 6 * 2**20
 
 
@@ -137,16 +138,10 @@ class Learner:
                 for net in nets.modules().values():
                     net.compile(dynamic=False)
 
-        fused = {"fused": True}
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, **fused)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, **fused)
-        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr, **fused) if self.value else None
-        actor_updates = max(1, total_steps // cfg.policy_freq)
-        self.actor_schedule = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_opt, T_max=actor_updates)
-            if cfg.actor_lr_schedule == "cosine"
-            else None
-        )
+        self.actor_opt = FusedAdam(self.actor.parameters(), cfg.actor_lr)
+        self.critic_opt = FusedAdam(self.critic.parameters(), cfg.critic_lr)
+        self.value_opt = FusedAdam(self.value.parameters(), cfg.value_lr) if self.value else None
+        self.actor_updates = max(1, total_steps // cfg.policy_freq)  # the cosine schedule's horizon
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
         raw_min = cfg.reward_min if cfg.reward_min is not None else reward_min
@@ -195,9 +190,10 @@ class Learner:
         # 3. Actor and targets, every `policy_freq` critic steps.
         if self.steps % cfg.policy_freq == 0:
             metrics |= self._step(self.actor_opt, lambda b, n: _named("actor_loss", self.actor_loss(b, n)), batch)
-            if self.actor_schedule is not None:
-                self.actor_schedule.step()
-            torch._foreach_lerp_(self._targets, self._onlines, cfg.tau)
+            if cfg.actor_lr_schedule == "cosine":
+                self.actor_opt.lr = cosine_lr(cfg.actor_lr, self.steps // cfg.policy_freq, self.actor_updates)
+            with torch.no_grad():  # else autograd chains every update onto the targets: a graph that grows each step
+                torch._foreach_lerp_(self._targets, self._onlines, cfg.tau)
         return metrics
 
     def _critic_objective(self, batch: Batch, nets: Nets) -> Objective:
@@ -207,7 +203,7 @@ class Learner:
         total = losses["critic_loss"] + self.cfg.pa_alpha * losses["pa_loss"] if self.cfg.pa_alpha > 0 else losses["critic_loss"]
         return total, losses
 
-    def _step(self, optimizer: torch.optim.Optimizer, objective: Callable[[Batch, Nets], Objective],
+    def _step(self, optimizer: FusedAdam, objective: Callable[[Batch, Nets], Objective],
               batch: Batch) -> dict[str, torch.Tensor]:
         """Minimise the per-seed loss of `objective`, group by group, then step once; returns
         its per-seed metrics. Seeds share no parameters, so the gradient of the sum is each
@@ -299,14 +295,12 @@ class Learner:
         return self.nets.modules()
 
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly: weights, targets, optimisers, schedule, RNG, step."""
+        """Everything needed to continue exactly: weights, targets, optimisers (with the actor's current lr), RNG, step."""
         state = {name: net.state_dict() for name, net in self.networks().items()}
         state["actor_opt"] = self.actor_opt.state_dict()
         state["critic_opt"] = self.critic_opt.state_dict()
         if self.value_opt is not None:
             state["value_opt"] = self.value_opt.state_dict()
-        if self.actor_schedule is not None:
-            state["actor_schedule"] = self.actor_schedule.state_dict()
         state["generator"] = self.generator.get_state()
         state["steps"] = self.steps
         return state
@@ -318,7 +312,5 @@ class Learner:
         self.critic_opt.load_state_dict(state["critic_opt"])
         if self.value_opt is not None:
             self.value_opt.load_state_dict(state["value_opt"])
-        if self.actor_schedule is not None:
-            self.actor_schedule.load_state_dict(state["actor_schedule"])
         self.generator.set_state(state["generator"])
         self.steps = state["steps"]

@@ -316,6 +316,16 @@ def test_policy_delay_and_soft_target_update():
     assert not torch.equal(online, lrn.critic.net.head.weight)
 
 
+def test_soft_target_update_records_no_graph():
+    """The targets stay plain leaves: an update recorded by autograd would chain a node onto them
+    every step, a graph (and memory) growing for the whole run."""
+    lrn, b = learner(tiny(policy_freq=1)), make_batch()
+    for _ in range(3):
+        lrn.update(b)
+    for p in [*lrn.actor_target.parameters(), *lrn.critic_target.parameters()]:
+        assert p.is_leaf and p.grad_fn is None and not p.requires_grad
+
+
 def test_every_combination_updates_and_stays_finite():
     cfg = tiny(num_critics=4, dmg_lambda=0.25, pa_alpha=1e-3, noise_sigma=0.1, reward_scale=10.0,
                awr_temperature=3.0, awr_max_weight=3.0, actor_lr_schedule="cosine")

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -10,6 +11,19 @@ def test_batched_linear_equals_separate_linears():
     out = layer(x)
     for m in range(4):
         torch.testing.assert_close(out[m], F.linear(x[m], layer.weight[m].T, layer.bias[m, 0]))
+
+
+@pytest.mark.parametrize("outputs", [1, 6])  # one output takes its own products (_SingleOutput)
+def test_batched_linear_gradients_equal_separate_linears(outputs):
+    layer = BatchedLinear(3, 5, outputs)
+    x = torch.randn(3, 7, 5, requires_grad=True)
+    upstream = torch.randn(3, 7, outputs)
+    grads = torch.autograd.grad((layer(x) * upstream).sum(), (x, layer.weight, layer.bias))
+    for m in range(3):
+        xm, w, b = x[m].detach().requires_grad_(), layer.weight[m].detach().requires_grad_(), layer.bias[m, 0].detach().requires_grad_()
+        expected = torch.autograd.grad((F.linear(xm, w.T, b) * upstream[m]).sum(), (xm, w, b))
+        for got, want in zip((grads[0][m], grads[1][m], grads[2][m, 0]), expected):
+            torch.testing.assert_close(got, want)
 
 
 def test_batched_linear_init_matches_nn_linear_range():

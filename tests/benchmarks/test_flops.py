@@ -77,3 +77,13 @@ def test_benchmark_prints_json_with_steps_and_a_flop_ratio():
     assert result["steps_per_second"] > 0
     assert 0 < result["peak_ratio"] <= 1.5
     assert result["flops_per_step"] > 0 and result["threads"] >= 1
+
+
+def test_paired_median_compares_each_repeat_with_its_neighbour(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from learner import paired_median
+
+    # The machine's speed changes between repeats: the best repeats (10 against 6) say 1.67x,
+    # the neighbouring pairs say 2x, 1x and 2x.
+    assert paired_median([10.0, 6.0, 6.0], [5.0, 6.0, 3.0]) == 2.0
+    assert paired_median([3.0, 1.0, 4.0, 8.0], [1.0, 1.0, 1.0, 2.0]) == 3.5
