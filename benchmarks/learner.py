@@ -36,7 +36,6 @@ import torch
 from reference_td3bc import TD3BC, synthetic_data
 from rlservice.agent.flops import Matmul, cycle_matmuls, step_flops
 from rlservice.agent.learner import Learner, seed_group_size
-from rlservice.allocator import retain_freed_memory
 from rlservice.config import RunConfig, build_run_config, parse_overrides
 from rlservice.data.buffer import ReplayBuffer
 
@@ -175,7 +174,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--peak-size", type=int, default=2048, help="n of the n x n matmul that measures the peak")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = p.parse_args(argv)
-    retain_freed_memory()  # as the Trainer does; the reference runs under the same settings
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.compare_reference and args.preset != "td3bc":

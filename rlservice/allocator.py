@@ -1,4 +1,4 @@
-"""Keep freed memory in the process for the next step (glibc malloc), for training processes.
+"""Keep freed memory in the process for the next step (glibc malloc); every `Learner` applies it.
 
 Every learner step allocates and frees the same activations. With glibc's defaults a freed
 block above 128 KiB may go back to the kernel (mmap'd blocks and the top of the heap above a

@@ -23,7 +23,6 @@ from tqdm import tqdm
 from rlservice.agent.diagnostics import diagnostics, diverged, q_bound
 from rlservice.agent.learner import Learner, seed_group_size
 from rlservice.agent.policy import Policy
-from rlservice.allocator import retain_freed_memory
 from rlservice.checkpoint import load_checkpoint, save_checkpoint
 from rlservice.config import RunConfig, TrainConfig, first_error
 from rlservice.errors import ConfigError
@@ -84,7 +83,6 @@ class TrainResult:
 
 class Trainer:
     def __init__(self, run_config: RunConfig, run_dir: str | Path, data: OfflineData | None = None):
-        retain_freed_memory()  # else each step re-faults its activations' pages (rlservice/allocator.py)
         self.config = run_config
         self.run_dir = Path(run_dir)
         t = run_config.train

@@ -1,4 +1,4 @@
-"""The allocator settings stop the learner's step from re-faulting its activations' pages."""
+"""The allocator settings, which every Learner applies, stop its step from re-faulting its activations' pages."""
 
 import subprocess
 import sys
@@ -13,7 +13,6 @@ from rlservice.agent.learner import Learner
 from rlservice.allocator import retain_freed_memory
 from rlservice.config import build_run_config
 from rlservice.data.buffer import ReplayBuffer
-assert retain_freed_memory()
 torch.manual_seed(0)
 n = 20_000
 buffer = ReplayBuffer(torch.randn(n, 17), torch.rand(n, 6) * 2 - 1, torch.randn(n), torch.randn(n, 17), torch.zeros(n))
@@ -21,10 +20,14 @@ learner = Learner(build_run_config("bench/halfcheetah-v0", "pars").agent, 17, 6,
 step = lambda: learner.update(buffer.sample(learner.generator, 1, 256))
 for _ in range(10):
     step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-    step()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+per_step = []  # in windows of 10 steps: the heap still grows now and then to a new high-water mark
+for _ in range(5):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        step()
+    per_step.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+print(sorted(per_step)[2])  # the median window
+assert retain_freed_memory()  # the settings take on this C library
 """
 
 

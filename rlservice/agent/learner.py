@@ -28,6 +28,7 @@ import torch
 from rlservice.agent import dmg, pani, pars
 from rlservice.agent.adam import FusedAdam, cosine_lr
 from rlservice.agent.networks import Actor, CriticEnsemble, ValueNet, seed_view
+from rlservice.allocator import retain_freed_memory
 from rlservice.config import AgentConfig, TrainConfig
 
 # Seeds per group on a CPU: as many as keep the widest activation (the critics' hidden layer)
@@ -116,6 +117,7 @@ class Learner:
         sets the horizon of the cosine actor schedule; `compile` runs the networks through
         `torch.compile` (same results to float tolerance, a slow first few steps); `seed_group`
         seeds run their forward and backward together (default all)."""
+        retain_freed_memory()  # any process that runs steps; else each step re-faults its activations' pages
         self.cfg, self.seeds, self.device = cfg, seeds, torch.device(device)
         self.obs_dim, self.act_dim = obs_dim, act_dim
         with torch.random.fork_rng(devices=[]):
