@@ -60,16 +60,26 @@ def evaluated_steps(tracking_uri, run_id):
     return sorted(m.step for m in MlflowClient(tracking_uri).get_metric_history(run_id, "normalized_score"))
 
 
+def describe(trials, runs):
+    """The trials as Tune reported them and every trial run in MLflow, for a failure message."""
+    rows = [f"trial {t['trial']}: {t['status']}, run {t['run_id']}, failures {t['failures']}, step {t['steps']}" for t in trials]
+    keys = ("status", "tune_trial", "ray_node_id", "continued_in")
+    rows += [f"run {r.info.run_id} {r.info.status}: " + ", ".join(f"{k}={r.data.tags.get(k)}" for k in keys) for r in runs]
+    return "\n".join(rows)
+
+
 def wait_for_a_trial_on(node, tracking_uri, trials, timeout=240):
     """Until a trial has finished and a trial on `node` has been evaluated twice (so it has a
-    committed checkpoint past its start to be retried from); returns the finished trials' runs."""
+    committed checkpoint past its start to be retried from); returns the finished trials' runs.
+    A run is finished once MLflow has ended it: its status tag is set first, so a run with the
+    tag that is still RUNNING is one whose trial is busy finishing (and may yet be cut short)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         runs = trial_runs(tracking_uri)
-        finished = [r for r in runs if r.data.tags.get("status") == "completed"]
+        finished = [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("status") == "completed"]
         assert len(finished) < trials, "the job ended before the test could act"
-        running = [r for r in runs if r.info.status == "RUNNING" and r.data.tags.get("ray_node_id") == node
-                   and "normalized_score" in r.data.metrics]
+        running = [r for r in runs if r.info.status == "RUNNING" and "status" not in r.data.tags
+                   and r.data.tags.get("ray_node_id") == node and "normalized_score" in r.data.metrics]
         if finished and any(evaluated_steps(tracking_uri, r.info.run_id)[-1] >= 200 for r in running):
             return finished
         time.sleep(0.3)
@@ -108,7 +118,9 @@ def test_submitted_job_runs_on_both_nodes_and_survives_losing_the_worker(cluster
     assert len(trials) == 4 and {t["status"] for t in trials} == {"completed"}
     assert any(t["failures"] >= 1 for t in trials), "Tune counted no failure (FailureConfig retries them)"
     completed = {t["run_id"] for t in trials}
-    assert {r.info.run_id for r in finished_before} <= completed, "a trial finished before the failure was lost"
+    assert {r.info.run_id for r in finished_before} <= completed, (
+        "a trial finished before the failure was lost:\n" + describe(trials, trial_runs(tracking_uri))
+        + "\nfinished before: " + ", ".join(r.info.run_id for r in finished_before))
 
     runs = {r.info.run_id: r for r in trial_runs(tracking_uri)}
     attempts = {ip: [r.data.tags.get("status") for r in runs.values() if r.data.tags.get("ray_node_id") == node]
