@@ -39,10 +39,11 @@ def wait_for_progress(driver, tracking_uri, evaluated, timeout=200):
         experiments = [e.experiment_id for e in client.search_experiments()]
         runs = client.search_runs(experiments, "tags.`rlservice.kind` = 'trial'") if experiments else []
         running = [r for r in runs if r.info.status == "RUNNING" and "normalized_score" in r.data.metrics]
-        if any(r.data.tags.get("status") == "completed" for r in runs) and any(
+        ended = [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("status") == "completed"]
+        if ended and any(
             max(m.step for m in client.get_metric_history(r.info.run_id, "normalized_score")) in evaluated for r in running
         ):
-            time.sleep(1)  # a trial ends its run just before its last report: let Tune take that report
+            time.sleep(1)  # a trial ends its run (status tag first) just before its last report: let Tune take that report
             return
         time.sleep(0.3)
     raise AssertionError("no trial finished while another was half way")
