@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tune_helpers import REPO, last_json, rlservice
+from tune_helpers import REPO, evaluated_steps, finished_runs, last_json, rlservice, trial_runs
 
 from rlservice.runtime import local_cluster
 
@@ -46,20 +46,6 @@ def node_ids(dashboard, token):
     return {s["raylet"]["nodeManagerAddress"]: s["raylet"]["nodeId"] for s in summary if s["raylet"]["state"] == "ALIVE"}
 
 
-def trial_runs(tracking_uri):
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(experiments, "tags.`rlservice.kind` = 'trial'") if experiments else []
-
-
-def evaluated_steps(tracking_uri, run_id):
-    from mlflow import MlflowClient
-
-    return sorted(m.step for m in MlflowClient(tracking_uri).get_metric_history(run_id, "normalized_score"))
-
-
 def describe(trials, runs):
     """The trials as Tune reported them and every trial run in MLflow, for a failure message."""
     rows = [f"trial {t['trial']}: {t['status']}, run {t['run_id']}, failures {t['failures']}, step {t['steps']}" for t in trials]
@@ -70,15 +56,13 @@ def describe(trials, runs):
 
 def wait_for_a_trial_on(node, tracking_uri, trials, timeout=240):
     """Until a trial has finished and a trial on `node` has been evaluated twice (so it has a
-    committed checkpoint past its start to be retried from); returns the finished trials' runs.
-    A run is finished once MLflow has ended it: its status tag is set first, so a run with the
-    tag that is still RUNNING is one whose trial is busy finishing (and may yet be cut short)."""
+    committed checkpoint past its start to be retried from); returns the finished trials' runs."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         runs = trial_runs(tracking_uri)
-        finished = [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("status") == "completed"]
+        finished = finished_runs(runs)
         assert len(finished) < trials, "the job ended before the test could act"
-        running = [r for r in runs if r.info.status == "RUNNING" and "status" not in r.data.tags
+        running = [r for r in runs if r.info.status == "RUNNING" and "status" not in r.data.tags  # not finishing
                    and r.data.tags.get("ray_node_id") == node and "normalized_score" in r.data.metrics]
         if finished and any(evaluated_steps(tracking_uri, r.info.run_id)[-1] >= 200 for r in running):
             return finished

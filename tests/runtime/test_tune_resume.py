@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from ray.tune import ExperimentAnalysis
-from tune_helpers import REPO, child_runs, last_json, rlservice, trial_results
+from tune_helpers import REPO, child_runs, evaluated_steps, finished_runs, last_json, rlservice, trial_results, trial_runs
 
 from rlservice.runtime.tuner import saved_study
 
@@ -30,19 +30,12 @@ def wait_for_progress(driver, tracking_uri, evaluated, timeout=200):
     """Until one trial has finished and another has been evaluated at steps within `evaluated`
     (a range): part way, with a checkpoint behind it. Watched in MLflow: Tune writes its own
     state to the storage only now and then."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert driver.poll() is None, "the job ended before it could be interrupted"
-        experiments = [e.experiment_id for e in client.search_experiments()]
-        runs = client.search_runs(experiments, "tags.`rlservice.kind` = 'trial'") if experiments else []
+        runs = trial_runs(tracking_uri)
         running = [r for r in runs if r.info.status == "RUNNING" and "normalized_score" in r.data.metrics]
-        ended = [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("status") == "completed"]
-        if ended and any(
-            max(m.step for m in client.get_metric_history(r.info.run_id, "normalized_score")) in evaluated for r in running
-        ):
+        if finished_runs(runs) and any(evaluated_steps(tracking_uri, r.info.run_id)[-1] in evaluated for r in running):
             time.sleep(1)  # a trial ends its run (status tag first) just before its last report: let Tune take that report
             return
         time.sleep(0.3)

@@ -36,3 +36,25 @@ def child_runs(tracking_uri, parent_run_id):
     client = MlflowClient(tracking_uri)
     parent = client.get_run(parent_run_id)
     return client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
+
+
+def trial_runs(tracking_uri):
+    """Every trial's MLflow runs (all attempts), in every experiment of the store."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, "tags.`rlservice.kind` = 'trial'") if experiments else []
+
+
+def finished_runs(runs):
+    """The runs of trials that completed. A run is finished once MLflow has ended it: its status
+    tag is set first, so a run with the tag that is still RUNNING belongs to a trial busy
+    finishing (which may yet be cut short)."""
+    return [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("status") == "completed"]
+
+
+def evaluated_steps(tracking_uri, run_id):
+    from mlflow import MlflowClient
+
+    return sorted(m.step for m in MlflowClient(tracking_uri).get_metric_history(run_id, "normalized_score"))
