@@ -6,7 +6,7 @@ import torch
 from batches import random_batch
 
 import rlservice.agent.learner as learner_module
-from rlservice.agent.learner import Learner
+from rlservice.agent.learner import Learner, _named
 from rlservice.agent.networks import BatchedLinear
 from rlservice.config import AgentConfig
 
@@ -28,21 +28,20 @@ def test_single_output_layer_matches_baddbmm_values_and_gradients():
             torch.testing.assert_close(a, e)
 
 
-def test_frozen_critic_gives_the_actor_the_same_gradient_and_the_critic_none(monkeypatch):
+def test_frozen_critic_gives_the_actor_the_plain_gradient_and_the_critic_none(monkeypatch):
     cfg = AgentConfig(critic_hidden=8, actor_hidden=8, num_critics=3, critic_layernorm=True)
     b = random_batch(2, 16, 3, 2, done_prob=0.0)
-    lrn = Learner(cfg, 3, 2, reward_min=-1.0, seeds=2)
-    actor_params = list(lrn.actor.parameters())
+    lrn = Learner(cfg, 3, 2, reward_min=-1.0, seeds=2, seed_group=1)  # per-seed groups: gradients land in views
+    with monkeypatch.context() as m:
+        m.setattr(learner_module, "frozen", lambda params: contextlib.nullcontext())  # the plain formulation
+        plain = torch.autograd.grad(lrn.actor_loss(b).sum(), list(lrn.actor.parameters()))
+    monkeypatch.setattr(lrn.actor_opt, "step", lambda: None)  # keep the gradients, leave the weights
 
-    lrn.actor_loss(b).sum().backward()
-    assert all(p.grad is None for p in lrn.critic.parameters())  # no critic weight gradients in the actor step
+    lrn._step(lrn.actor_opt, lambda batch, nets: _named("actor_loss", lrn.actor_loss(batch, nets)), b)
+    for p, expected in zip(lrn.actor.parameters(), plain, strict=True):
+        torch.testing.assert_close(p.grad, expected)
+    assert all(not p.grad.any() for p in lrn.critic.parameters())  # no critic weight gradients in the actor step
     assert all(p.requires_grad for p in lrn.critic.parameters())  # and the critic is trainable again after it
-    frozen_grads = [p.grad for p in actor_params]
-
-    monkeypatch.setattr(learner_module, "frozen", lambda net: contextlib.nullcontext())  # the plain formulation
-    plain_grads = torch.autograd.grad(lrn.actor_loss(b).sum(), actor_params)
-    for a, e in zip(frozen_grads, plain_grads):
-        torch.testing.assert_close(a, e)
 
 
 def test_compiled_learner_takes_the_eager_learners_steps():
