@@ -32,11 +32,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-
 from reference_td3bc import TD3BC, synthetic_data
+
 from rlservice.agent.flops import Matmul, cycle_matmuls, step_flops
 from rlservice.agent.learner import Learner, seed_group_size
-from rlservice.config import RunConfig, build_run_config, parse_overrides
+from rlservice.config.run import RunConfig, build_run_config, parse_overrides
 from rlservice.data.buffer import ReplayBuffer
 
 OBS_DIM, ACT_DIM = 17, 6  # HalfCheetah

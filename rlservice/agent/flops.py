@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rlservice.config import AgentConfig
+from rlservice.config.run import AgentConfig
 
 Kind = Literal["forward", "weight_grad", "input_grad"]
 

@@ -28,15 +28,15 @@ import torch
 
 from rlservice.agent import dmg, pani, pars
 from rlservice.agent.adam import FusedAdam, cosine_lr
+from rlservice.agent.allocator import retain_freed_memory
 from rlservice.agent.networks import Actor, CriticEnsemble, ValueNet, seed_view
-from rlservice.allocator import retain_freed_memory
-from rlservice.config import AgentConfig, TrainConfig
+from rlservice.config.run import AgentConfig, TrainConfig
 
 # Seeds per group on a CPU: as many as keep the widest activation (the critics' hidden layer)
 # under this size. Measured on a 2-core CPU with a 32 MiB L3 (`benchmarks/learner.py --preset
 # pars --num-seeds 5 --seed-group G`, 5 MiB a seed, median of paired repeats): against 5 one-seed
 # runs, 5 seeds in groups of 1 ran 0.99-1.02x, all at once 0.92-0.99x. (Before
-# rlservice/allocator.py, 1.05x against 0.75x: most of that gap was page faults.)
+# rlservice/agent/allocator.py, 1.05x against 0.75x: most of that gap was page faults.)
 CPU_GROUP_BYTES = 6 * 2**20
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from rlservice.agent.networks import Actor
-from rlservice.data.buffer import ObservationNormalizer
+from rlservice.agent.normalizer import ObservationNormalizer
 
 
 class Policy:

@@ -7,7 +7,8 @@ import json
 
 
 def _best(args: argparse.Namespace) -> int:
-    from rlservice.tracking import best_runs, check_reachable, resolve_tracking_uri
+    from rlservice.tracking.runs import best_runs
+    from rlservice.tracking.store import check_reachable, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     check_reachable(uri)

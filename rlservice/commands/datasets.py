@@ -6,12 +6,12 @@ import argparse
 import json
 import sys
 
-# The same as rlservice.data.factory.QUALITIES, repeated so that the CLI starts without importing torch and Ray.
+# The same as rlservice.jobs.dataset_factory.QUALITIES, repeated so that the CLI starts without importing torch and Ray.
 QUALITIES = ("random", "medium", "medium-replay", "expert", "medium-expert")
 
 
 def _build(args: argparse.Namespace) -> int:
-    from rlservice.data.factory import build_dataset
+    from rlservice.jobs.dataset_factory import build_dataset
 
     try:
         dataset_id = build_dataset(

@@ -25,15 +25,15 @@ def _finetune(args: argparse.Namespace) -> int:
         raise ConfigError("--resume continues a run on this machine; it cannot be submitted")
     if args.address and not submit:
         raise ConfigError("--address is for `rlservice finetune submit`")
-    from rlservice.config import parse_overrides
-    from rlservice.finetune import settings
+    from rlservice.config.run import parse_overrides
+    from rlservice.jobs.finetune import settings
 
     values = {k: getattr(args, k) for k in ("utd", "offline_ratio", "rollout_workers", "eval_every", "eval_episodes",
                                             "seed", "experiment") if getattr(args, k) is not None}
     settings(args.online_steps, overrides=parse_overrides(args.set), **values)  # bad input fails here, before anything
     if submit:
         return _submit(args, model)
-    from rlservice import finetune
+    from rlservice.jobs import finetune
 
     if args.resume:
         result = finetune.resume(args.resume, progress=not args.no_progress)
@@ -63,10 +63,10 @@ def _words(args: argparse.Namespace) -> tuple[bool, str]:
 
 
 def _submit(args: argparse.Namespace, model: str) -> int:
-    from rlservice import models
-    from rlservice.runtime.jobs import check_address
+    from rlservice.runtime.submission import check_address
+    from rlservice.tracking import registry
 
-    models.model_uri(model)  # a malformed reference fails here
+    registry.model_uri(model)  # a malformed reference fails here
     check_address(args.address)
     entrypoint = [args.python or sys.executable, "-m", "rlservice.cli", "finetune", model, "--json", "--no-progress"]
     for flag in _FORWARDED:

@@ -8,7 +8,7 @@ import tempfile
 
 
 def _uri(args: argparse.Namespace) -> str:
-    from rlservice.tracking import check_reachable, resolve_tracking_uri
+    from rlservice.tracking.store import check_reachable, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     check_reachable(uri)
@@ -16,7 +16,7 @@ def _uri(args: argparse.Namespace) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from rlservice.models import list_models
+    from rlservice.tracking.registry import list_models
 
     rows = list_models(_uri(args))
     if args.json:
@@ -30,7 +30,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from rlservice.models import show_model
+    from rlservice.tracking.registry import show_model
 
     model = show_model(_uri(args), args.name)
     if args.json:
@@ -56,8 +56,8 @@ def _score(tag: str | None) -> str:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from rlservice.export import export_policy, policy_from_checkpoint
-    from rlservice.models import download_checkpoint
+    from rlservice.tracking.export import export_policy, policy_from_checkpoint
+    from rlservice.tracking.registry import download_checkpoint
 
     uri = _uri(args)
     with tempfile.TemporaryDirectory() as tmp:

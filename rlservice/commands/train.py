@@ -15,13 +15,13 @@ _TRAIN_FLAGS = {"steps": "train.steps", "seed": "train.seed", "num_seeds": "trai
 
 
 def _train(args: argparse.Namespace) -> int:
-    from rlservice.config import build_run_config, load_yaml, parse_overrides
+    from rlservice.config.run import build_run_config, load_yaml, parse_overrides
     from rlservice.data.minari_io import load_offline_data
-    from rlservice.train import Trainer
+    from rlservice.training.trainer import Trainer
 
     uri = None
     if not args.no_tracking:
-        from rlservice.tracking import check_reachable, resolve_tracking_uri
+        from rlservice.tracking.store import check_reachable, resolve_tracking_uri
 
         uri = resolve_tracking_uri(args.tracking_uri)
         check_reachable(uri)  # an unreachable server fails before any data is read
@@ -42,7 +42,7 @@ def _train(args: argparse.Namespace) -> int:
     if uri is None:
         result, run_id = trainer.run(progress=not args.no_progress), None
     else:
-        from rlservice.tracking import log_training_run
+        from rlservice.tracking.runs import log_training_run
 
         result, run_id = log_training_run(uri, args.experiment, trainer, progress=not args.no_progress)
     if args.json:

@@ -14,10 +14,12 @@ from typing import Any
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rlservice.tuning_config import load_job
+    from rlservice.config.tuning import load_job
 
     job = load_job(args.job, args.set)
-    from rlservice.runtime.driver import run_job  # only now: a bad job file fails before MLflow and Ray load
+    from rlservice.jobs.tune import (
+        run_job,  # only now: a bad job file fails before MLflow and Ray load
+    )
 
     name = args.name or f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -32,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from rlservice.runtime.driver import resume_job
+    from rlservice.jobs.tune import resume_job
 
     with _driver_output(args.json):
         outcome = resume_job(args.name)
@@ -41,10 +43,12 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from rlservice.tuning_config import load_job
+    from rlservice.config.tuning import load_job
 
     job = load_job(args.job, args.set)
-    from rlservice.runtime.jobs import submit  # only now: a bad job file fails before Ray loads
+    from rlservice.runtime.submission import (
+        submit,  # only now: a bad job file fails before Ray loads
+    )
 
     name = args.name or f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     job_id = submit(args.address, job, name, tracking_uri=args.tracking_uri, build_steps=args.build_dataset,
@@ -58,7 +62,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from rlservice.runtime.jobs import job_status, list_jobs
+    from rlservice.runtime.submission import job_status, list_jobs
 
     rows = [job_status(args.address, args.job_id)] if args.job_id else list_jobs(args.address)
     if args.json:
@@ -70,7 +74,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    from rlservice.runtime.jobs import follow_logs, job_logs, job_status
+    from rlservice.runtime.submission import follow_logs, job_logs, job_status
 
     if args.follow:
         status = follow_logs(args.address, args.job_id, sys.stdout)

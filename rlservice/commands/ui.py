@@ -16,7 +16,11 @@ def _ui(args: argparse.Namespace) -> int:
     import requests
 
     from rlservice.errors import RLServiceError
-    from rlservice.tracking import check_reachable, local_artifact_root, resolve_tracking_uri
+    from rlservice.tracking.store import (
+        check_reachable,
+        local_artifact_root,
+        resolve_tracking_uri,
+    )
 
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):

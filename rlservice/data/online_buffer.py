@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from rlservice.agent.learner import Batch
-from rlservice.data.buffer import ObservationNormalizer
+from rlservice.agent.normalizer import ObservationNormalizer
 from rlservice.data.minari_io import Episode
 
 

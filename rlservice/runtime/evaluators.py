@@ -14,7 +14,7 @@ from ray.util.placement_group import get_current_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlservice.agent.policy import Policy
-from rlservice.evaluation import Evaluation, evaluate
+from rlservice.training.evaluation import Evaluation, evaluate
 
 
 @ray.remote

@@ -14,7 +14,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from rlservice.tuning_config import SearchDim, TuningJob
+from rlservice.config.tuning import SearchDim, TuningJob
 
 METRIC, MODE, CLOCK = "score", "max", "step"
 

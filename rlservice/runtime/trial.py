@@ -21,11 +21,11 @@ import ray
 import torch
 from ray import tune
 
+from rlservice.config.tuning import TuningJob
 from rlservice.data.minari_io import load_offline_data
 from rlservice.runtime.evaluators import RayEvaluator
-from rlservice.runtime.tracking_bridge import JobTracking, TrialTracking
-from rlservice.train import InlineEvaluator, Trainer
-from rlservice.tuning_config import TuningJob
+from rlservice.tracking.tuning_runs import JobTracking, TrialTracking
+from rlservice.training.trainer import InlineEvaluator, Trainer
 
 # The score a diverged trial reports: below any normalised score a real policy reaches
 # (that would be a return 10x the expert-random gap under the random policy's), so ASHA

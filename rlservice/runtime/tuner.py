@@ -14,11 +14,11 @@ import ray
 from ray import tune
 from ray.tune.experiment import Trial
 
+from rlservice.config.tuning import TuningJob
 from rlservice.runtime import search
 from rlservice.runtime.session import start_ray
-from rlservice.runtime.tracking_bridge import JobTracking
 from rlservice.runtime.trial import TrialSetup, run_trial, scratch_root
-from rlservice.tuning_config import TuningJob
+from rlservice.tracking.tuning_runs import JobTracking
 
 
 def connect() -> None:

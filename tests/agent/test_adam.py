@@ -6,7 +6,7 @@ from batches import random_batch
 
 from rlservice.agent.adam import FusedAdam, cosine_lr
 from rlservice.agent.learner import Learner
-from rlservice.config import AgentConfig
+from rlservice.config.run import AgentConfig
 
 
 def _params(seed: int) -> list[torch.nn.Parameter]:

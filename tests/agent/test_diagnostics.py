@@ -3,7 +3,7 @@ import torch
 
 from rlservice.agent.diagnostics import diagnostics, diverged, dormant_ratio, q_bound
 from rlservice.agent.learner import Batch, Learner
-from rlservice.config import AgentConfig
+from rlservice.config.run import AgentConfig
 
 
 def test_dormant_ratio_counts_units_dead_on_the_whole_batch_per_seed():

@@ -13,7 +13,7 @@ from batches import random_batch
 
 from rlservice.agent import dmg, pani, pars
 from rlservice.agent.learner import Learner
-from rlservice.config import AgentConfig
+from rlservice.config.run import AgentConfig
 
 OBS, ACT, B = 3, 2, 16
 

@@ -9,7 +9,7 @@ from batches import random_batch
 
 from rlservice.agent import pani, pars
 from rlservice.agent.learner import Batch, Learner, seed_group_size
-from rlservice.config import AgentConfig, TrainConfig
+from rlservice.config.run import AgentConfig, TrainConfig
 from rlservice.data.buffer import ReplayBuffer
 
 OBS, ACT, B, K = 3, 2, 16, 3

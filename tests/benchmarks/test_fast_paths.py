@@ -8,7 +8,7 @@ from batches import random_batch
 import rlservice.agent.learner as learner_module
 from rlservice.agent.learner import Learner, _named
 from rlservice.agent.networks import BatchedLinear
-from rlservice.config import AgentConfig
+from rlservice.config.run import AgentConfig
 
 
 def test_single_output_layer_matches_baddbmm_values_and_gradients():

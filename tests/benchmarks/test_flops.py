@@ -7,13 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from batches import random_batch
 from torch.utils.flop_counter import FlopCounterMode
 
 from rlservice.agent.flops import cycle_matmuls, step_flops
 from rlservice.agent.learner import Learner
-from rlservice.config import AgentConfig
+from rlservice.config.run import AgentConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 

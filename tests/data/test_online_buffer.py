@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlservice.data.buffer import ObservationNormalizer
+from rlservice.agent.normalizer import ObservationNormalizer
 from rlservice.data.online_buffer import OnlineReplayBuffer, Transitions
 
 OBS, ACT = 3, 2

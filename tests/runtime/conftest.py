@@ -61,7 +61,7 @@ def create_store(uri):
     job's schema migration."""
     from mlflow import MlflowClient
 
-    from rlservice import tracking
+    from rlservice.tracking import store
 
-    tracking.check_reachable(uri)
+    store.check_reachable(uri)
     MlflowClient(uri).search_experiments()

@@ -7,9 +7,9 @@ import torch
 
 from rlservice.agent.learner import Learner
 from rlservice.agent.networks import Actor
+from rlservice.agent.normalizer import ObservationNormalizer
 from rlservice.agent.policy import Policy
-from rlservice.config import AgentConfig
-from rlservice.data.buffer import ObservationNormalizer
+from rlservice.config.run import AgentConfig
 from rlservice.data.online_buffer import OnlineReplayBuffer
 from rlservice.runtime.rollout import RolloutPool, RolloutWorker, to_unit
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from rlservice import tracking
-from rlservice.config import build_run_config
-from rlservice.train import Trainer
+from rlservice.config.run import build_run_config
+from rlservice.tracking import runs
+from rlservice.training.trainer import Trainer
 
 SCRIPT = Path(__file__).resolve().parents[2] / "cluster" / "mlflow-server.sh"
 MLFLOW_BIN = str(Path(sys.executable).with_name("mlflow"))
@@ -151,13 +151,13 @@ def register_job(mlflow_server, trained, hopper_random_dataset):
     uri, best = mlflow_server.uri, trained.run_dir / "best"
 
     def run(model: str, score: float, dataset: str = hopper_random_dataset) -> dict:
-        parent = tracking.start_job_run(uri, "registry-test", f"{model}-{score}", {"dataset": dataset})
-        trial = tracking.TrialRun(uri, "registry-test", parent, "only-trial", {"dataset.id": dataset})
+        parent = runs.start_job_run(uri, "registry-test", f"{model}-{score}", {"dataset": dataset})
+        trial = runs.TrialRun(uri, "registry-test", parent, "only-trial", {"dataset.id": dataset})
         trial.log_checkpoint(best)
         trial.finish("completed", [], score=score)
         row = {"trial": "only-trial", "run_id": trial.run_id, "status": "completed", "score": score,
                "score_std": 0.0, "config": {}, "checkpoint": str(best)}
-        return tracking.finish_job(uri, parent, [row], model_name=model, dataset_id=dataset, preset="td3bc", searched=[])
+        return runs.finish_job(uri, parent, [row], model_name=model, dataset_id=dataset, preset="td3bc", searched=[])
 
     return run
 

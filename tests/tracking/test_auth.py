@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from rlservice import tracking
+from rlservice.tracking import runs, store
 
 PASSWORD = "s3cret-admin-pw-for-tests"
 SECRET_KEY = "flask-secret-key-for-tests"
@@ -49,13 +49,13 @@ def test_unauthenticated_calls_are_refused_and_authenticated_ones_work(auth_serv
 
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
-    with pytest.raises(tracking.TrackingError, match="refused the request.*MLFLOW_TRACKING_USERNAME"):
-        tracking.check_reachable(auth_server.uri)
+    with pytest.raises(store.TrackingError, match="refused the request.*MLFLOW_TRACKING_USERNAME"):
+        store.check_reachable(auth_server.uri)
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
-    tracking.check_reachable(auth_server.uri)
-    run_id = tracking.start_job_run(auth_server.uri, "auth-test", "job", {"a": 1})
-    assert tracking.client(auth_server.uri).get_run(run_id).data.params["a"] == "1"
+    store.check_reachable(auth_server.uri)
+    run_id = runs.start_job_run(auth_server.uri, "auth-test", "job", {"a": 1})
+    assert store.client(auth_server.uri).get_run(run_id).data.params["a"] == "1"
 
 
 def test_secrets_are_not_on_any_command_line(auth_server):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rlservice.cli import main
-from rlservice.train import Trainer
+from rlservice.training.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from rlservice import tracking
 from rlservice.cli import main
-from rlservice.train import Trainer
+from rlservice.tracking import runs
+from rlservice.training.trainer import Trainer
 
 EXPERIMENT = "job-test"
 PA_ALPHAS = (1e-4, 1e-3, 1e-2)
@@ -21,12 +21,12 @@ PA_ALPHAS = (1e-4, 1e-3, 1e-2)
 @pytest.fixture(scope="module")
 def job(mlflow_server, hopper_random_dataset, tiny_run_config, one_thread, tmp_path_factory):
     uri = mlflow_server.uri
-    parent = tracking.start_job_run(uri, EXPERIMENT, "job-1", {"dataset": hopper_random_dataset, "searched": "pa_alpha"})
+    parent = runs.start_job_run(uri, EXPERIMENT, "job-1", {"dataset": hopper_random_dataset, "searched": "pa_alpha"})
     trials, logged = [], {}
     for i, pa_alpha in enumerate(PA_ALPHAS):
         run_config = tiny_run_config(seed=i, pa_alpha=pa_alpha)
         trainer = Trainer(run_config, tmp_path_factory.mktemp(f"trial{i}"))
-        run = tracking.TrialRun(uri, EXPERIMENT, parent, f"trial-{i}", tracking.run_params(run_config, action_dim=3))
+        run = runs.TrialRun(uri, EXPERIMENT, parent, f"trial-{i}", runs.run_params(run_config, action_dim=3))
         calls = []
 
         def record(step, metrics, run=run, calls=calls):
@@ -41,7 +41,7 @@ def job(mlflow_server, hopper_random_dataset, tiny_run_config, one_thread, tmp_p
         trials.append({"trial": f"trial-{i}", "run_id": run.run_id, "status": result.status,
                        "score": result.best_normalized_score, "score_std": 0.0, "config": {"pa_alpha": pa_alpha},
                        "checkpoint": str(trainer.run_dir / "best")})
-    summary = tracking.finish_job(uri, parent, trials, model_name="job-test-policy", dataset_id=hopper_random_dataset,
+    summary = runs.finish_job(uri, parent, trials, model_name="job-test-policy", dataset_id=hopper_random_dataset,
                                   preset="td3bc", searched=["pa_alpha"])
     return {"uri": uri, "parent": parent, "trials": trials, "logged": logged, "summary": summary,
             "client": MlflowClient(tracking_uri=uri)}
@@ -51,7 +51,7 @@ def test_parent_and_child_runs_are_nested_with_lineage_params(job, hopper_random
     c = job["client"]
     parent = c.get_run(job["parent"])
     assert parent.info.status == "FINISHED"
-    assert parent.data.tags[tracking.KIND_TAG] == "job"
+    assert parent.data.tags[runs.KIND_TAG] == "job"
     for trial, pa_alpha in zip(job["trials"], PA_ALPHAS):
         run = c.get_run(trial["run_id"])
         assert run.data.tags["mlflow.parentRunId"] == job["parent"]
@@ -59,9 +59,9 @@ def test_parent_and_child_runs_are_nested_with_lineage_params(job, hopper_random
         params = run.data.params
         assert float(params["agent.pa_alpha"]) == pa_alpha
         assert params["dataset.id"] == hopper_random_dataset
-        assert params["dataset.digest"] == tracking.dataset_digest(hopper_random_dataset)
+        assert params["dataset.digest"] == runs.dataset_digest(hopper_random_dataset)
         assert params["preset"] == "td3bc" and params["train.steps"] == "100"
-        assert params["git.commit"] == (tracking.git_commit() or "unknown")
+        assert params["git.commit"] == (runs.git_commit() or "unknown")
 
 
 def test_every_logged_metric_value_reached_the_server(job):
@@ -112,7 +112,7 @@ def test_best_trial_is_registered_with_lineage(job, hopper_random_dataset):
     assert tags["run_id"] == best["run_id"] and tags["parent_run_id"] == job["parent"]
     assert tags["dataset"] == hopper_random_dataset and tags["preset"] == "td3bc"
     assert float(tags["score"]) == pytest.approx(best["score"])
-    assert tags["dataset_digest"] == tracking.dataset_digest(hopper_random_dataset)
+    assert tags["dataset_digest"] == runs.dataset_digest(hopper_random_dataset)
 
 
 def test_best_command_lists_trials_in_score_order(job, hopper_random_dataset, capsys):

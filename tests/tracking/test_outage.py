@@ -8,15 +8,15 @@ import time
 
 from mlflow import MlflowClient
 
-from rlservice import tracking
-from rlservice.train import Trainer
+from rlservice.tracking import runs
+from rlservice.training.trainer import Trainer
 
 
 def test_server_down_mid_run(mlflow_server, tiny_run_config, one_thread, tmp_path, caplog):
     uri = mlflow_server.uri
-    parent = tracking.start_job_run(uri, "outage-test", "job", {})
-    survivor = tracking.TrialRun(uri, "outage-test", parent, "survivor", {"role": "survivor"})
-    doomed = tracking.TrialRun(uri, "outage-test", parent, "doomed", {"role": "doomed"})
+    parent = runs.start_job_run(uri, "outage-test", "job", {})
+    survivor = runs.TrialRun(uri, "outage-test", parent, "survivor", {"role": "survivor"})
+    doomed = runs.TrialRun(uri, "outage-test", parent, "doomed", {"role": "doomed"})
     trainer = Trainer(tiny_run_config(seed=7), tmp_path / "run")
     calls, slowest = [], []
 

@@ -11,9 +11,9 @@ import pandas as pd
 import torch
 from mlflow import MlflowClient
 
-from rlservice import models
 from rlservice.cli import main
-from rlservice.train import Trainer
+from rlservice.tracking import registry
+from rlservice.training.trainer import Trainer
 
 
 def champion(uri: str, name: str) -> str:
@@ -60,7 +60,7 @@ def test_models_list_and_show(registered, register_job, mlflow_server, capsys):
 def test_pyfunc_predict_equals_the_trainers_policy(registered, trained, mlflow_server, hopper_observations, tmp_path):
     observations = hopper_observations
     policy = Trainer.from_checkpoint(trained.run_dir / "best", run_dir=tmp_path).policies()[0]
-    with models.fluent_uri(mlflow_server.uri):
+    with registry.fluent_uri(mlflow_server.uri):
         model = mlflow.pyfunc.load_model("models:/policy-under-test@champion")
     expected = policy.act(observations)
     assert np.array_equal(model.predict(observations), expected)
@@ -85,7 +85,7 @@ def _assert_same_state(a, b, where="state"):
 
 
 def test_load_registered_trainer_gives_back_the_whole_learner(registered, trained, mlflow_server, tmp_path, one_thread):
-    trainer, info = models.load_registered_trainer("policy-under-test@champion", tracking_uri=mlflow_server.uri,
+    trainer, info = registry.load_registered_trainer("policy-under-test@champion", tracking_uri=mlflow_server.uri,
                                                    run_dir=tmp_path / "finetune", steps=110)
     original = Trainer.from_checkpoint(trained.run_dir / "best", run_dir=tmp_path / "original")
     assert info["version"] == registered["version"] and info["run_id"] == registered["best_run_id"]

@@ -7,60 +7,60 @@ import shutil
 import pytest
 from minari.storage import get_dataset_path
 
-from rlservice import tracking, tracking_figures
-from rlservice.config import build_run_config
+from rlservice.config.run import build_run_config
 from rlservice.errors import RLServiceError
-from rlservice.models import model_uri
 from rlservice.paths import home
+from rlservice.tracking import figures, runs, store
+from rlservice.tracking.registry import model_uri
 
 
 def test_tracking_uri_precedence(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking.resolve_tracking_uri() == f"sqlite:///{home() / 'mlflow.db'}"
+    assert store.resolve_tracking_uri() == f"sqlite:///{home() / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
-    assert tracking.resolve_tracking_uri() == "http://127.0.0.1:1"
-    assert tracking.resolve_tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
+    assert store.resolve_tracking_uri() == "http://127.0.0.1:1"
+    assert store.resolve_tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
 
 
 def test_local_store_keeps_artifacts_next_to_its_database(tmp_path):
     uri = f"sqlite:///{tmp_path / 'deep' / 'store' / 'mlflow.db'}"
-    tracking.check_reachable(uri)
+    store.check_reachable(uri)
     assert (tmp_path / "deep" / "store").is_dir()
-    assert tracking.local_artifact_root(uri) == tmp_path / "deep" / "store" / "mlartifacts"
-    assert tracking.local_artifact_root("http://127.0.0.1:5000") is None
+    assert store.local_artifact_root(uri) == tmp_path / "deep" / "store" / "mlartifacts"
+    assert store.local_artifact_root("http://127.0.0.1:5000") is None
 
 
 def test_unreachable_server_is_one_line(free_port):
     uri = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(tracking.TrackingError) as error:
-        tracking.check_reachable(uri, timeout=2)
+    with pytest.raises(store.TrackingError) as error:
+        store.check_reachable(uri, timeout=2)
     assert str(error.value) == f"tracking server {uri} is unreachable: Connection refused"
 
 
 def test_dataset_digest_follows_the_data(hopper_random_dataset, tmp_path, monkeypatch):
-    digest = tracking.dataset_digest(hopper_random_dataset)
+    digest = runs.dataset_digest(hopper_random_dataset)
     assert digest.startswith("sha256:") and len(digest) == len("sha256:") + 64
     copy = tmp_path / "minari" / hopper_random_dataset
     shutil.copytree(get_dataset_path(hopper_random_dataset), copy)
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     assert get_dataset_path(hopper_random_dataset) == copy
-    assert tracking.dataset_digest(hopper_random_dataset) == digest  # a copy elsewhere: same data, same digest
+    assert runs.dataset_digest(hopper_random_dataset) == digest  # a copy elsewhere: same data, same digest
     data = sorted(p for p in (copy / "data").rglob("*") if p.is_file())
     data[-1].write_bytes(data[-1].read_bytes() + b" ")
-    assert tracking.dataset_digest(hopper_random_dataset) != digest
+    assert runs.dataset_digest(hopper_random_dataset) != digest
     with pytest.raises(RLServiceError, match="not found locally"):
-        tracking.dataset_digest("rlservice/nowhere/random-v0")
+        runs.dataset_digest("rlservice/nowhere/random-v0")
 
 
 def test_run_params_are_flat_and_changed_knobs_are_those_off_the_preset(hopper_random_dataset):
     run_config = build_run_config(hopper_random_dataset, "pars", None, {"pa_alpha": 0.01, "noise_sigma": 0.2}, action_dim=3)
-    params = tracking.flatten_params(tracking.run_params(run_config, action_dim=3))
+    params = runs.flatten_params(runs.run_params(run_config, action_dim=3))
     assert params["agent.pa_alpha"] == "0.01" and params["agent.num_critics"] == "10"
     assert params["train.batch_size"] == "256" and params["preset"] == "pars"
     assert params["dataset.id"] == hopper_random_dataset and params["dataset.action_dim"] == "3"
     assert all(isinstance(v, str) for v in params.values())
-    assert tracking.changed_knobs(params) == {"pa_alpha": 0.01, "noise_sigma": 0.2}
-    assert tracking.changed_knobs({**params, "preset": "none"})["num_critics"] == 10  # vs the field defaults
+    assert runs.changed_knobs(params) == {"pa_alpha": 0.01, "noise_sigma": 0.2}
+    assert runs.changed_knobs({**params, "preset": "none"})["num_critics"] == 10  # vs the field defaults
 
 
 def _trial(i: int, a: float, b: int, status: str = "completed") -> dict:
@@ -70,7 +70,7 @@ def _trial(i: int, a: float, b: int, status: str = "completed") -> dict:
 
 def test_importances_follow_the_knob_that_matters():
     trials = [_trial(i, a, b) for i, (a, b) in enumerate([(0.1, 2), (0.5, 3), (0.9, 2), (0.3, 4), (0.7, 3), (0.2, 4)])]
-    importances = tracking_figures.param_importances(trials, ["a", "b"])
+    importances = figures.param_importances(trials, ["a", "b"])
     assert set(importances) == {"a", "b"} and importances["a"] > importances["b"]
     assert sum(importances.values()) == pytest.approx(1.0)
 
@@ -82,14 +82,14 @@ def test_importances_follow_the_knob_that_matters():
     ([_trial(i, 0.1 * i, 2) for i in range(6)], ["a", "b"], "2 knobs that took different values"),
 ])
 def test_importances_are_skipped_with_a_reason(trials, searched, reason):
-    note = tracking_figures.param_importances(trials, searched)
+    note = figures.param_importances(trials, searched)
     assert isinstance(note, str) and reason in note
-    figure = tracking_figures.job_summary(trials, searched)
+    figure = figures.job_summary(trials, searched)
     assert len(figure.axes) == len(searched) + 1
 
 
 def test_learning_curve_of_an_empty_history_is_a_figure():
-    assert tracking_figures.learning_curve([]).axes
+    assert figures.learning_curve([]).axes
 
 
 @pytest.mark.parametrize("ref, uri", [

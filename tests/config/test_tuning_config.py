@@ -7,9 +7,9 @@ import optuna
 import pytest
 import yaml
 
+from rlservice.config.tuning import load_job, validate_job
 from rlservice.errors import ConfigError
 from rlservice.runtime.search import DefineByRun
-from rlservice.tuning_config import load_job, validate_job
 
 TUNING = Path(__file__).resolve().parents[2] / "tuning"
 

@@ -1,7 +1,7 @@
 """The dataset factory: D4RL-style Minari datasets of any gymnasium MuJoCo-like env, built locally.
 
 Qualities (D4RL semantics), all from one behaviour agent per (env, seed, budget), see
-`rlservice.data.behaviour`:
+`rlservice.jobs.behaviour_agent`:
 - `random`: uniform random actions;
 - `medium`: rollouts of the checkpoint whose evaluation return is closest to a third of the way
   from the random policy's return to the expert's (for positive returns that is about a third of
@@ -35,7 +35,6 @@ import numpy as np
 from tqdm import tqdm
 
 from rlservice.agent.policy import Policy
-from rlservice.data import behaviour
 from rlservice.data.minari_io import (
     REFERENCE_EPISODES,
     Episode,
@@ -47,6 +46,7 @@ from rlservice.data.minari_io import (
     write_dataset,
 )
 from rlservice.errors import ConfigError, DatasetError
+from rlservice.jobs import behaviour_agent
 from rlservice.runtime.rollout import explore, to_env
 
 QUALITIES = ("random", "medium", "medium-replay", "expert", "medium-expert")
@@ -88,7 +88,7 @@ def build_dataset(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
-    behaviour_config: behaviour.BehaviourConfig | None = None,
+    behaviour_config: behaviour_agent.BehaviourConfig | None = None,
 ) -> str:
     """Build one dataset (training or reusing the behaviour agent as needed) and return its id."""
     dataset_id = check_request(env_id, quality, budget_steps=budget_steps, dataset_steps=dataset_steps, seed=seed,
@@ -97,7 +97,7 @@ def build_dataset(
     if quality == "random" and budget_steps is None:
         agent, ref_max = None, _d4rl_ref_max(env_id)
     else:
-        agent = behaviour.load_or_train(env_id, seed, budget_steps or DEFAULT_BUDGET_STEPS, behaviour_config, progress)
+        agent = behaviour_agent.load_or_train(env_id, seed, budget_steps or DEFAULT_BUDGET_STEPS, behaviour_config, progress)
         ref_max = agent.expert.return_mean
     ref_min = random_policy_score(env_id)
     if not ref_max > ref_min:
@@ -120,7 +120,7 @@ def build_dataset(
     return dataset_id
 
 
-def _checkpoints(agent: behaviour.BehaviourAgent | None, quality: str, ref_min: float) -> list[behaviour.Checkpoint]:
+def _checkpoints(agent: behaviour_agent.BehaviourAgent | None, quality: str, ref_min: float) -> list[behaviour_agent.Checkpoint]:
     """The agent checkpoints whose behaviour the dataset holds."""
     if quality == "random":
         return []
@@ -129,8 +129,8 @@ def _checkpoints(agent: behaviour.BehaviourAgent | None, quality: str, ref_min: 
             "medium-expert": [medium, agent.expert]}[quality]
 
 
-def _episodes(env_id: str, quality: str, agent: behaviour.BehaviourAgent | None,
-              checkpoints: list[behaviour.Checkpoint], steps: int, seed: int, progress: bool) -> list[Episode]:
+def _episodes(env_id: str, quality: str, agent: behaviour_agent.BehaviourAgent | None,
+              checkpoints: list[behaviour_agent.Checkpoint], steps: int, seed: int, progress: bool) -> list[Episode]:
     if quality == "random":
         return _collect(env_id, _uniform(env_id, seed), steps, seed, "random", progress)
     if quality == "medium-replay":
@@ -194,7 +194,7 @@ def _collect(env_id: str, act: Callable, steps: int, seed: int, what: str, progr
         return collect_episodes(env_id, counted, steps, seed)
 
 
-def _describe(agent: behaviour.BehaviourAgent, checkpoints: list[behaviour.Checkpoint]) -> dict:
+def _describe(agent: behaviour_agent.BehaviourAgent, checkpoints: list[behaviour_agent.Checkpoint]) -> dict:
     return {
         "algorithm": agent.info["algorithm"],
         "budget_steps": agent.budget,
@@ -205,7 +205,7 @@ def _describe(agent: behaviour.BehaviourAgent, checkpoints: list[behaviour.Check
     }
 
 
-def _description(env_id: str, quality: str, steps: int, agent: behaviour.BehaviourAgent | None) -> str:
+def _description(env_id: str, quality: str, steps: int, agent: behaviour_agent.BehaviourAgent | None) -> str:
     source = "a uniform random policy" if quality == "random" else f"a TD3 agent trained for {agent.budget} steps"
     return f"{steps} transitions of {env_id} from {source} (D4RL '{quality}'), built by rlservice."
 

@@ -87,7 +87,11 @@ def param_importances(trials: list[dict[str, Any]], searched: list[str]) -> dict
     """Optuna's importances of the searched knobs, estimated on a study rebuilt from the scored
     trials; a string saying why when they cannot be estimated."""
     import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
 
     scored = [t for t in trials if t.get("score") is not None and t.get("status") != "failed"]
     if len(searched) < 2:

@@ -2,7 +2,8 @@
 
 import pytest
 
-from rlservice.config import PRESETS, build_run_config, parse_overrides, preset_values
+from rlservice.config.presets import PRESETS, preset_values
+from rlservice.config.run import build_run_config, parse_overrides
 from rlservice.errors import ConfigError
 
 HOPPER = "rlservice/hopper-v5/medium-v0"

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from rlservice.agent.policy import Policy
-from rlservice.checkpoint import load_checkpoint
 from rlservice.cli import main
-from rlservice.config import build_run_config
+from rlservice.config.run import build_run_config
 from rlservice.data.minari_io import make_env
-from rlservice.train import Trainer
+from rlservice.training.checkpoint import load_checkpoint
+from rlservice.training.trainer import Trainer
 
 SMALL = {"critic_hidden": 64, "actor_hidden": 64, "train.eval_every": 100, "train.eval_episodes": 2, "train.log_every": 50}
 

@@ -17,8 +17,8 @@ from mlflow.pyfunc import PythonModel
 
 class PolicyModel(PythonModel):
     def load_context(self, context):
-        from rlservice.export import policy_from_checkpoint
-        from rlservice.models import CHECKPOINT_ARTIFACT
+        from rlservice.tracking.export import policy_from_checkpoint
+        from rlservice.tracking.registry import CHECKPOINT_ARTIFACT
 
         seed_index = (context.model_config or {}).get("seed_index", 0)
         self.policy = policy_from_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT], seed_index)

@@ -10,14 +10,20 @@ import ray
 import torch
 from mlflow import MlflowClient
 
-from rlservice import finetune as ft
-from rlservice import models, tracking
 from rlservice.agent.learner import Learner
 from rlservice.cli import main
-from rlservice.config import AgentConfig, build_run_config
-from rlservice.data.minari_io import collect_episodes, dataset_id_for, list_local_datasets, random_policy_score, write_dataset
+from rlservice.config.run import AgentConfig, build_run_config
+from rlservice.data.minari_io import (
+    collect_episodes,
+    dataset_id_for,
+    list_local_datasets,
+    random_policy_score,
+    write_dataset,
+)
 from rlservice.errors import ConfigError
-from rlservice.train import Trainer
+from rlservice.jobs import finetune as ft
+from rlservice.tracking import registry, runs
+from rlservice.training.trainer import Trainer
 
 ENV = "InvertedPendulum-v5"  # learnt in a few thousand env steps; a random policy balances ~5 steps
 MODEL = "pendulum"
@@ -48,9 +54,9 @@ def registered(uri, tmp_path_factory):
     knobs = {"train.steps": 300, "train.eval_every": 300, "train.eval_episodes": 1, "train.log_every": 100,
              "train.batch_size": 64, "critic_hidden": 64, "actor_hidden": 64}
     trainer = Trainer(build_run_config(dataset, "td3bc", None, knobs), tmp_path_factory.mktemp("offline"))
-    _, run_id = tracking.log_training_run(uri, "offline", trainer, progress=False)
-    version = models.register_policy(uri, run_id, trainer.run_dir / "latest", MODEL, {"dataset": dataset}).version
-    MlflowClient(uri).set_registered_model_alias(MODEL, models.CHAMPION, version)
+    _, run_id = runs.log_training_run(uri, "offline", trainer, progress=False)
+    version = registry.register_policy(uri, run_id, trainer.run_dir / "latest", MODEL, {"dataset": dataset}).version
+    MlflowClient(uri).set_registered_model_alias(MODEL, registry.CHAMPION, version)
     return trainer
 
 

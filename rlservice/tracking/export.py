@@ -1,7 +1,7 @@
 """Standalone policies out of a checkpoint: a `Policy`, or one file (TorchScript / ONNX) that maps
 raw observations to environment actions with the normaliser and the action box inside.
 
-No MLflow here: `rlservice.models` fetches checkpoints from the registry and calls this module.
+Nothing here calls MLflow: `registry` fetches checkpoints from the registry and calls this module.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from rlservice.agent.policy import Policy
-from rlservice.checkpoint import load_checkpoint
 from rlservice.errors import RLServiceError
+from rlservice.training.checkpoint import load_checkpoint
 
 FORMATS = ("torchscript", "onnx")
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from rlservice.config import RunConfig
+from rlservice.config.run import RunConfig
 from rlservice.errors import RLServiceError
 
 STATE, CONFIG = "state.pt", "config.json"

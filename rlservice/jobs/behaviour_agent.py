@@ -50,15 +50,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from rlservice.agent.learner import Learner
+from rlservice.agent.normalizer import ObservationNormalizer
 from rlservice.agent.policy import Policy
-from rlservice.config import AgentConfig
-from rlservice.data.buffer import ObservationNormalizer
+from rlservice.config.run import AgentConfig
 from rlservice.data.online_buffer import OnlineReplayBuffer
 from rlservice.errors import DatasetError
-from rlservice.evaluation import evaluate
 from rlservice.paths import home
-from rlservice.runtime.session import ray_session
 from rlservice.runtime.rollout import Rollout, RolloutPool
+from rlservice.runtime.session import ray_session
+from rlservice.training.evaluation import evaluate
 
 ALGORITHM = "td3"
 TD3 = AgentConfig(algorithm="td3", num_critics=2, critic_layernorm=False, bc_weight=0.0, normalize_observations=False)

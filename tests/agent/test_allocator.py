@@ -10,8 +10,8 @@ import pytest
 STEPS = """
 import resource, sys, torch
 from rlservice.agent.learner import Learner
-from rlservice.allocator import retain_freed_memory
-from rlservice.config import build_run_config
+from rlservice.agent.allocator import retain_freed_memory
+from rlservice.config.run import build_run_config
 from rlservice.data.buffer import ReplayBuffer
 torch.manual_seed(0)
 n = 20_000

@@ -19,7 +19,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rlservice.config import (
+from rlservice.config.run import (
     AgentConfig,
     RunConfig,
     build_run_config,

@@ -2,9 +2,9 @@
 
 import pytest
 
+from rlservice.config.tuning import DatasetSpec
 from rlservice.errors import DatasetError
-from rlservice.runtime.datasets import ensure_dataset
-from rlservice.tuning_config import DatasetSpec
+from rlservice.jobs.tune_dataset import ensure_dataset
 
 
 def test_a_missing_random_dataset_is_built_when_the_job_allows_it(minari_root):

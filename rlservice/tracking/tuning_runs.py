@@ -1,4 +1,4 @@
-"""Every MLflow call of the tuning service, in one place, on top of `rlservice.tracking`.
+"""Every MLflow call of the tuning service, in one place, on top of `runs` and `store`.
 
 The tracking URI travels to each trial inside `JobTracking` (with the trainable's parameters),
 never through Ray's MLflow callback or a worker's environment.
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlservice import tracking
-from rlservice.config import RunConfig
-from rlservice.tuning_config import TuningJob
+from rlservice.config.run import RunConfig
+from rlservice.config.tuning import TuningJob
+from rlservice.tracking import runs, store
 
 RUN_FILE = "mlflow-run.json"  # in the trial's run directory, so it travels with its checkpoints
 
@@ -33,19 +33,19 @@ class JobTracking:
 
 def check_tracking(cli_uri: str | None) -> str:
     """Resolve the tracking URI and fail with one line if the store cannot be used."""
-    uri = tracking.resolve_tracking_uri(cli_uri)
-    tracking.check_reachable(uri)
+    uri = store.resolve_tracking_uri(cli_uri)
+    store.check_reachable(uri)
     return uri
 
 
 def start_job(uri: str, job: TuningJob, name: str) -> JobTracking:
     params = {
-        "dataset.id": job.dataset.id, "dataset.digest": tracking.dataset_digest(job.dataset.id),
+        "dataset.id": job.dataset.id, "dataset.digest": runs.dataset_digest(job.dataset.id),
         "preset": job.preset or "none", "trials": job.trials, "steps": job.steps, "eval_every": job.eval_every,
         "eval_episodes": job.eval_episodes, "seeds_per_trial": job.seeds_per_trial, "scheduler": job.scheduler.model_dump(),
         "searched": ",".join(job.search_space), "fixed": job.fixed,
     }
-    parent = tracking.start_job_run(uri, job.mlflow.experiment, name, params, tags={"dataset": job.dataset.id})
+    parent = runs.start_job_run(uri, job.mlflow.experiment, name, params, tags={"dataset": job.dataset.id})
     return JobTracking(uri, job.mlflow.experiment, parent)
 
 
@@ -54,7 +54,7 @@ def finish_job(target: JobTracking, job: TuningJob, trials: list[dict[str, Any]]
     for trial in trials:
         if trial["run_id"]:
             end_run(target, trial["run_id"], trial["status"], trial["score"], trial["score_std"])
-    return tracking.finish_job(
+    return runs.finish_job(
         target.uri, target.parent_run_id, trials, model_name=job.mlflow.registered_model,
         dataset_id=job.dataset.id, preset=job.preset, searched=list(job.search_space),
     )
@@ -63,7 +63,7 @@ def finish_job(target: JobTracking, job: TuningJob, trials: list[dict[str, Any]]
 def end_run(target: JobTracking, run_id: str, status: str, score: float | None = None,
             score_std: float | None = None, tags: dict[str, str] | None = None) -> None:
     """End a trial's run that its own process can no longer finish (no-op if it has ended)."""
-    client = tracking.client(target.uri)
+    client = store.client(target.uri)
     if _ended(client, run_id):
         return
     if score is not None:
@@ -71,7 +71,7 @@ def end_run(target: JobTracking, run_id: str, status: str, score: float | None =
         client.log_metric(run_id, "score_std", score_std or 0.0)
     for key, value in {**(tags or {}), "status": status}.items():
         client.set_tag(run_id, key, value)
-    client.set_terminated(run_id, tracking.RUN_STATUS[status])
+    client.set_terminated(run_id, runs.RUN_STATUS[status])
 
 
 def _ended(client, run_id: str) -> bool:
@@ -82,7 +82,7 @@ class TrialTracking:
     """The trial's child run under the job's parent run. `run` is None when an earlier attempt
     already recorded the trial's outcome (Tune missed only its last report)."""
 
-    def __init__(self, run: "tracking.TrialRun | None", run_id: str):
+    def __init__(self, run: "runs.TrialRun | None", run_id: str):
         self.run = run
         self.run_id = run_id
 
@@ -92,10 +92,10 @@ class TrialTracking:
         """Start the trial's run; on a retry, end the run of the attempt that was cut short."""
         run_file = run_dir / RUN_FILE
         previous = json.loads(run_file.read_text())["run_id"] if run_file.is_file() else None
-        if previous and _ended(tracking.client(target.uri), previous):
+        if previous and _ended(store.client(target.uri), previous):
             return cls(None, previous)
-        params = {**tracking.run_params(run_config, action_dim), "searched": knobs}
-        run = tracking.TrialRun(target.uri, target.experiment, target.parent_run_id, name, params,
+        params = {**runs.run_params(run_config, action_dim), "searched": knobs}
+        run = runs.TrialRun(target.uri, target.experiment, target.parent_run_id, name, params,
                                 tags={"tune_trial": name, "ray_node_id": node_id})
         if previous:
             end_run(target, previous, "interrupted", tags={"continued_in": run.run_id})

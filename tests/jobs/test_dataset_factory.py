@@ -14,18 +14,23 @@ import ray
 
 from rlservice.cli import main
 from rlservice.commands import datasets as datasets_command
-from rlservice.config import build_run_config
-from rlservice.data import behaviour, factory
-from rlservice.data.minari_io import dataset_id_for, list_local_datasets, load_offline_data, normalized_score
+from rlservice.config.run import build_run_config
+from rlservice.data.minari_io import (
+    dataset_id_for,
+    list_local_datasets,
+    load_offline_data,
+    normalized_score,
+)
 from rlservice.errors import ConfigError, DatasetError
-from rlservice.train import Trainer
+from rlservice.jobs import behaviour_agent, dataset_factory
+from rlservice.training.trainer import Trainer
 
 ENV = "InvertedDoublePendulum-v5"
 BUDGET = 12_000
 SEED = 0
 STEPS = 3000
-CONFIG = behaviour.BehaviourConfig(
-    agent=behaviour.TD3.model_copy(update={"actor_hidden": 64, "critic_hidden": 64}), start_steps=1000, eval_every=600
+CONFIG = behaviour_agent.BehaviourConfig(
+    agent=behaviour_agent.TD3.model_copy(update={"actor_hidden": 64, "critic_hidden": 64}), start_steps=1000, eval_every=600
 )
 
 
@@ -41,15 +46,15 @@ def built(tmp_path_factory):
             seconds = {}
             for quality in ("medium", "expert", "random", "medium-replay", "medium-expert"):
                 started = time.monotonic()
-                factory.build_dataset(ENV, quality, budget_steps=BUDGET, seed=SEED, behaviour_config=CONFIG,
+                dataset_factory.build_dataset(ENV, quality, budget_steps=BUDGET, seed=SEED, behaviour_config=CONFIG,
                                       dataset_steps=None if quality == "medium-replay" else STEPS, progress=False)
                 seconds[quality] = time.monotonic() - started
                 if quality == "medium":  # from here on, training again would fail the build
-                    agent_json = behaviour.cache_dir(ENV, SEED, BUDGET) / "agent.json"
+                    agent_json = behaviour_agent.cache_dir(ENV, SEED, BUDGET) / "agent.json"
                     trained_at = agent_json.stat().st_mtime_ns
-                    mp.setattr(behaviour, "train", _no_training)
-            yield {"seconds": seconds, "trained_at": trained_at, "agent": behaviour.load_or_train(ENV, SEED, BUDGET, CONFIG),
-                   "data": {q: load_offline_data(dataset_id_for(ENV, q), download=False) for q in factory.QUALITIES}}
+                    mp.setattr(behaviour_agent, "train", _no_training)
+            yield {"seconds": seconds, "trained_at": trained_at, "agent": behaviour_agent.load_or_train(ENV, SEED, BUDGET, CONFIG),
+                   "data": {q: load_offline_data(dataset_id_for(ENV, q), download=False) for q in dataset_factory.QUALITIES}}
         finally:
             ray.shutdown()
 
@@ -140,7 +145,7 @@ def test_medium_expert_holds_the_episodes_of_both(built):
 
 
 def test_behaviour_agent_trained_once_and_while_collecting(built):
-    agent_json = behaviour.cache_dir(ENV, SEED, BUDGET) / "agent.json"
+    agent_json = behaviour_agent.cache_dir(ENV, SEED, BUDGET) / "agent.json"
     assert agent_json.stat().st_mtime_ns == built["trained_at"]  # and later builds ran with training disabled
     info = json.loads(agent_json.read_text())
     assert info["checkpoints"][-1]["updates"] == BUDGET - CONFIG.start_steps  # TD3: one update per env step
@@ -169,17 +174,17 @@ def test_a_built_dataset_trains_through_the_learners_code_path(built, tmp_path):
 ])
 def test_bad_input_refused_before_any_compute(minari_root, tmp_path, monkeypatch, env, quality, kwargs, error, message):
     monkeypatch.setenv("RLSERVICE_HOME", str(tmp_path))
-    monkeypatch.setattr(behaviour, "load_or_train", _no_training)
+    monkeypatch.setattr(behaviour_agent, "load_or_train", _no_training)
     with pytest.raises(error, match=message) as excinfo:
-        factory.build_dataset(env, quality, **kwargs)
+        dataset_factory.build_dataset(env, quality, **kwargs)
     assert "\n" not in str(excinfo.value)
     assert list_local_datasets() == [] and not (tmp_path / "behaviour").exists()
 
 
 def test_existing_dataset_refused_before_any_compute(built, monkeypatch, tmp_path):
-    monkeypatch.setattr(behaviour, "load_or_train", _no_training)
+    monkeypatch.setattr(behaviour_agent, "load_or_train", _no_training)
     with pytest.raises(DatasetError, match="already exists"):
-        factory.build_dataset(ENV, "medium", budget_steps=BUDGET, dataset_steps=STEPS)
+        dataset_factory.build_dataset(ENV, "medium", budget_steps=BUDGET, dataset_steps=STEPS)
 
 
 def test_cli_refuses_in_one_line(capsys):
@@ -195,27 +200,27 @@ def test_interrupted_training_leaves_no_cache_entry(tmp_path, monkeypatch):
         (out / "checkpoints" / "100.pt").write_bytes(b"half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(behaviour, "train", train_then_interrupt)
+    monkeypatch.setattr(behaviour_agent, "train", train_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        behaviour.load_or_train(ENV, SEED, 500, CONFIG)
+        behaviour_agent.load_or_train(ENV, SEED, 500, CONFIG)
     assert list((tmp_path / "behaviour").iterdir()) == []
 
-    behaviour.cache_dir(ENV, SEED, 500).mkdir(parents=True)  # e.g. copied in by hand, without agent.json
+    behaviour_agent.cache_dir(ENV, SEED, 500).mkdir(parents=True)  # e.g. copied in by hand, without agent.json
     with pytest.raises(DatasetError, match="is incomplete"):
-        behaviour.load_or_train(ENV, SEED, 500, CONFIG)
+        behaviour_agent.load_or_train(ENV, SEED, 500, CONFIG)
 
 
 def test_cache_trained_with_another_config_is_not_reused(built):
     other = CONFIG.model_copy(update={"exploration_std": 0.3})
     with pytest.raises(DatasetError, match="trained with another config"):
-        behaviour.load_or_train(ENV, SEED, BUDGET, other)
+        behaviour_agent.load_or_train(ENV, SEED, BUDGET, other)
 
 
 def test_list_and_info(built, capsys):
     assert main(["datasets", "list", "--json"]) == 0
     listed = {row["id"]: row for row in json.loads(capsys.readouterr().out)}
     medium_id = dataset_id_for(ENV, "medium")
-    assert set(listed) == {dataset_id_for(ENV, q) for q in factory.QUALITIES}
+    assert set(listed) == {dataset_id_for(ENV, q) for q in dataset_factory.QUALITIES}
     assert listed[medium_id]["steps"] == STEPS and listed[medium_id]["episodes"] == len(episodes_of(built["data"]["medium"]))
 
     assert main(["datasets", "info", medium_id, "--json"]) == 0
@@ -235,4 +240,4 @@ def test_list_and_info(built, capsys):
 
 
 def test_cli_qualities_are_the_factorys():
-    assert datasets_command.QUALITIES == factory.QUALITIES
+    assert datasets_command.QUALITIES == dataset_factory.QUALITIES

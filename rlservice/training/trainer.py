@@ -22,13 +22,14 @@ from tqdm import tqdm
 
 from rlservice.agent.diagnostics import diagnostics, diverged, q_bound
 from rlservice.agent.learner import Learner, seed_group_size
+from rlservice.agent.normalizer import ObservationNormalizer
 from rlservice.agent.policy import Policy
-from rlservice.checkpoint import load_checkpoint, save_checkpoint
-from rlservice.config import RunConfig, TrainConfig, first_error
-from rlservice.errors import ConfigError
-from rlservice.data.buffer import ObservationNormalizer, ReplayBuffer
+from rlservice.config.run import RunConfig, TrainConfig, first_error
+from rlservice.data.buffer import ReplayBuffer
 from rlservice.data.minari_io import OfflineData, load_offline_data
-from rlservice.evaluation import Evaluation, evaluate
+from rlservice.errors import ConfigError
+from rlservice.training.checkpoint import load_checkpoint, save_checkpoint
+from rlservice.training.evaluation import Evaluation, evaluate
 
 DIAGNOSTIC_BATCH = 1024
 

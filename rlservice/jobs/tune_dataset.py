@@ -5,9 +5,9 @@ from __future__ import annotations
 import gymnasium as gym
 from minari.storage import get_dataset_path
 
+from rlservice.config.tuning import DatasetSpec
 from rlservice.data.minari_io import build_random_dataset, load_offline_data
 from rlservice.errors import DatasetError
-from rlservice.tuning_config import DatasetSpec
 
 
 def ensure_dataset(spec: DatasetSpec, build_steps: int | None = None) -> int:

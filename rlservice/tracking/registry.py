@@ -1,7 +1,7 @@
 """The model registry: register a checkpoint's policy, move the `champion` alias, and get
 policies and full learners back out of registered versions.
 
-A registered version is a pyfunc "models from code" model (`rlservice/pyfunc_model.py`) whose only
+A registered version is a pyfunc "models from code" model (`rlservice/tracking/pyfunc_model.py`) whose only
 artifact is the trainer checkpoint (state.pt + config.json), so the same version serves
 `mlflow.pyfunc.load_model(...).predict`, fine-tuning (`load_registered_trainer`) and export.
 """
@@ -22,9 +22,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
 from rlservice.errors import RLServiceError
-from rlservice.export import policy_from_checkpoint
 from rlservice.paths import home
-from rlservice.tracking import client, error_line, resolve_tracking_uri
+from rlservice.tracking.export import policy_from_checkpoint
+from rlservice.tracking.store import client, error_line, resolve_tracking_uri
 
 CHAMPION = "champion"
 MODEL_NAME_IN_RUN = "policy"
@@ -123,7 +123,7 @@ def load_registered_trainer(ref: str, *, tracking_uri: str | None = None, run_di
     """The full learner of a registered version (actor, critics, targets, V, optimisers, normaliser,
     config, dataset id), ready to continue training in `run_dir`; returns (Trainer, info).
     `train_overrides` (e.g. steps=...) change the training budget, as in `Trainer.from_checkpoint`."""
-    from rlservice.train import Trainer
+    from rlservice.training.trainer import Trainer
 
     tracking_uri = resolve_tracking_uri(tracking_uri)
     version = _version(client(tracking_uri), ref)

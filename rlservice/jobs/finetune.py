@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -27,18 +26,19 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
-from rlservice import models, tracking
 from rlservice.agent import dmg
 from rlservice.agent.learner import Batch
-from rlservice.config import AgentConfig, domain_of, first_error
+from rlservice.config.presets import domain_of
+from rlservice.config.run import AgentConfig, first_error
 from rlservice.data.buffer import ReplayBuffer
 from rlservice.data.online_buffer import OnlineReplayBuffer
 from rlservice.errors import ConfigError, RLServiceError
 from rlservice.paths import home
 from rlservice.runtime.evaluators import RayEvaluator
-from rlservice.runtime.session import ray_session
 from rlservice.runtime.rollout import Rollout, RolloutPool
-from rlservice.train import Trainer, evaluation_record
+from rlservice.runtime.session import ray_session
+from rlservice.tracking import registry, runs, store
+from rlservice.training.trainer import Trainer, evaluation_record
 
 FINETUNED = "finetuned"  # the alias of the latest fine-tuned version
 LATEST, PROGRESS, ONLINE_BUFFER = "latest", "finetune.json", "online.pt"
@@ -130,11 +130,11 @@ def finetune(model_ref: str, online_steps: int, *, tracking_uri: str | None = No
     for `online_steps` env steps; `values` are `FinetuneSettings` fields. With `stop_at`, stop
     (checkpointed, status "interrupted") after that many env steps."""
     s = settings(online_steps, **values)
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    tracking.check_reachable(uri)
+    uri = store.resolve_tracking_uri(tracking_uri)
+    store.check_reachable(uri)
     name, version = _parse_ref(model_ref)
     run_dir = Path(run_dir) if run_dir else home() / "finetune" / f"{name}-v{version}-{time.strftime('%Y%m%d-%H%M%S')}"
-    loaded, parent = models.load_registered_trainer(model_ref, tracking_uri=uri, run_dir=run_dir)
+    loaded, parent = registry.load_registered_trainer(model_ref, tracking_uri=uri, run_dir=run_dir)
     cfg = online_agent_config(loaded.config.agent, s)
     trainer = Trainer(loaded.config.model_copy(update={"agent": cfg}), run_dir, data=loaded.data)
     trainer.restore(parent["checkpoint"])
@@ -155,7 +155,7 @@ def resume(run_dir: str | Path, *, stop_at: int | None = None, progress: bool = 
     if not (checkpoint / PROGRESS).is_file():
         raise RLServiceError(f"{str(run_dir)!r} holds no fine-tuning checkpoint (expected {LATEST}/{PROGRESS})")
     state = json.loads((checkpoint / PROGRESS).read_text())
-    tracking.check_reachable(state["tracking_uri"])
+    store.check_reachable(state["tracking_uri"])
     trainer = Trainer.from_checkpoint(checkpoint, run_dir=run_dir)
     buffer = torch.load(checkpoint / ONLINE_BUFFER, weights_only=True)
     return _Session(trainer, state, buffer).run(stop_at, progress)
@@ -163,7 +163,7 @@ def resume(run_dir: str | Path, *, stop_at: int | None = None, progress: bool = 
 
 def _parse_ref(ref: str) -> tuple[str, str]:
     """(name, alias or version) of a model reference, checked before anything is loaded."""
-    uri = models.model_uri(ref).removeprefix("models:/")
+    uri = registry.model_uri(ref).removeprefix("models:/")
     name, _, version = uri.replace("@", "/").partition("/")
     return name, version
 
@@ -312,16 +312,16 @@ class _Session:
         tmp.rename(latest)
         shutil.rmtree(old, ignore_errors=True)
 
-    def _start_run(self, uri: str) -> tracking.TrialRun:
+    def _start_run(self, uri: str) -> runs.TrialRun:
         t = self.trainer
-        params = {**tracking.run_params(t.config, action_dim=int(t.data.actions.shape[1])),
+        params = {**runs.run_params(t.config, action_dim=int(t.data.actions.shape[1])),
                   "finetune": {k: v for k, v in self.s.model_dump().items() if k != "overrides"},
                   "finetune.overrides": json.dumps(self.s.overrides), "parent": self.parent}
-        tags = {tracking.KIND_TAG: "finetune", "parent_model": self.parent["name"],
+        tags = {runs.KIND_TAG: "finetune", "parent_model": self.parent["name"],
                 "parent_version": self.parent["version"], "run_dir": str(t.run_dir)}
         if self.state["mlflow_run_ids"]:
             tags["resumed_from_run"] = self.state["mlflow_run_ids"][-1]
-        run = tracking.TrialRun(uri, self.s.experiment, None, f"{t.run_dir.name}", params, tags)
+        run = runs.TrialRun(uri, self.s.experiment, None, f"{t.run_dir.name}", params, tags)
         self.state["mlflow_run_ids"].append(run.run_id)
         return run
 
@@ -334,7 +334,7 @@ class _Session:
         tags = {"parent_model": p["name"], "parent_version": p["version"], "online_steps": self.env_steps,
                 "run_id": self.mlflow.run_id, "dataset": p["dataset"], "preset": t.config.preset or "none",
                 "score": repr(last.get("normalized_score")), "utd": self.s.utd, "offline_ratio": self.s.offline_ratio}
-        version = models.register_policy(uri, self.mlflow.run_id, final, p["name"], tags).version
-        tracking.client(uri).set_registered_model_alias(p["name"], FINETUNED, version)
+        version = registry.register_policy(uri, self.mlflow.run_id, final, p["name"], tags).version
+        store.client(uri).set_registered_model_alias(p["name"], FINETUNED, version)
         return str(version)
 

@@ -4,7 +4,7 @@ trial (or per `rlservice train`), the job's summary and the registration of its 
 Runs are written through an `MlflowClient` bound to an explicit URI, so Ray trial processes and
 the driver log side by side without global state. A run's logging never raises and never stalls
 training: values are buffered and sent again later when the server does not answer, and MLflow's
-own HTTP retries are kept short (`CLIENT_ENV`) so that a failed call costs little.
+own HTTP retries are kept short (`store.CLIENT_ENV`) so that a failed call costs little.
 """
 
 from __future__ import annotations
@@ -13,24 +13,22 @@ import csv
 import hashlib
 import logging
 import numbers
-import os
-import re
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from pydantic import ValidationError
 
-from rlservice.config import AgentConfig, RunConfig, domain_of, preset_values
-from rlservice.errors import ConfigError, DatasetError, RLServiceError
-from rlservice.paths import home
+from rlservice.config.presets import domain_of, preset_values
+from rlservice.config.run import AgentConfig, RunConfig
+from rlservice.errors import ConfigError, DatasetError
+from rlservice.tracking import registry
+from rlservice.tracking.store import TrackingError, client, error_line, experiment_id
 
 log = logging.getLogger(__name__)
 
@@ -38,97 +36,10 @@ KIND_TAG = "rlservice.kind"  # job | trial | train
 RUN_STATUS = {"completed": "FINISHED", "early-stopped": "FINISHED", "interrupted": "KILLED",
               "diverged": "FAILED", "failed": "FAILED"}
 RANKED = ("completed", "early-stopped")  # statuses whose runs are ranked and may be registered
-# Defaults for MLflow's client (the environment wins). MLflow retries a failed HTTP call 7 times
-# with exponential backoff (minutes); TrialRun's buffering does the retrying here, so one call
-# costs at most a couple of timeouts. Run links and progress bars would mix into our output
-# (`--json` prints one object on stdout).
-CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-              "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-              "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 RETRY_FIRST_S, RETRY_MAX_S = 2.0, 15.0
 START_DEADLINE_S = 60.0
 FINISH_DEADLINE_S = 120.0
 _MAX_METRICS, _MAX_PARAMS, _MAX_PARAM_LENGTH = 1000, 100, 6000  # MLflow's log_batch limits
-
-
-class TrackingError(RLServiceError):
-    """The tracking server or store cannot be used; the message says which and why."""
-
-
-# ----------------------------------------------------------------- store and connection
-
-
-def resolve_tracking_uri(cli_value: str | None = None) -> str:
-    """--tracking-uri, else MLFLOW_TRACKING_URI, else the embedded store under rlservice's home."""
-    return cli_value or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
-
-
-def client(uri: str) -> MlflowClient:
-    for key, value in CLIENT_ENV.items():
-        os.environ.setdefault(key, value)
-    return MlflowClient(tracking_uri=uri)
-
-
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail with one line when an HTTP tracking server does not answer or refuses us; create the
-    directories of a local store."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("http", "https"):
-        try:
-            response = requests.get(uri.rstrip("/") + "/health", timeout=timeout)
-        except requests.RequestException as exc:
-            raise TrackingError(f"tracking server {uri} is unreachable: {error_line(exc)}") from None
-        if response.status_code != 200:
-            raise TrackingError(f"tracking server {uri} is unreachable: /health answered HTTP {response.status_code}")
-        try:
-            client(uri).search_experiments(max_results=1)
-        except MlflowException as exc:
-            hint = " (set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)" if re.search(r"\b40[13]\b", str(exc)) else ""
-            raise TrackingError(f"tracking server {uri} refused the request: {error_line(exc)}{hint}") from None
-    elif parsed.scheme == "sqlite":
-        path = uri.removeprefix("sqlite:///")
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-    elif parsed.scheme in ("", "file"):
-        Path(parsed.path).mkdir(parents=True, exist_ok=True)
-
-
-def local_artifact_root(uri: str) -> Path | None:
-    """Artifacts of a SQLite store go next to its database file (MLflow would use ./mlruns of
-    whatever the working directory is); servers and other stores choose for themselves."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts"
-
-
-def _artifact_location(uri: str, experiment: str) -> str | None:
-    root = local_artifact_root(uri)
-    return None if root is None else str(root / re.sub(r"[^\w.-]", "_", experiment))
-
-
-def _experiment_id(c: MlflowClient, uri: str, name: str) -> str:
-    experiment = c.get_experiment_by_name(name)
-    if experiment is None:
-        try:
-            return c.create_experiment(name, artifact_location=_artifact_location(uri, name))
-        except MlflowException:
-            experiment = c.get_experiment_by_name(name)  # created meanwhile by another trial
-            if experiment is None:
-                raise
-    if experiment.lifecycle_stage == "deleted":
-        raise TrackingError(f"experiment {name!r} is deleted in {uri}: restore it or choose another name")
-    return experiment.experiment_id
-
-
-def error_line(exc: BaseException) -> str:
-    """The useful part of an MLflow or connection error ("Connection refused"), else its first line."""
-    text = str(exc)
-    errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
-    if errno:
-        return errno.group(1).strip()
-    if isinstance(exc, requests.Timeout) or "timed out" in text.lower():
-        return "no answer in time"
-    return (text.strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 # ----------------------------------------------------------------- lineage and params
@@ -201,7 +112,7 @@ def start_job_run(uri: str, experiment: str, job_name: str, params: dict, tags: 
     """Create a tuning job's parent run (and its experiment if missing); returns the run id."""
     c = client(uri)
     try:
-        run = c.create_run(_experiment_id(c, uri, experiment), run_name=job_name, tags={KIND_TAG: "job", **(tags or {})})
+        run = c.create_run(experiment_id(c, uri, experiment), run_name=job_name, tags={KIND_TAG: "job", **(tags or {})})
         _log_params(c, run.info.run_id, {"git.commit": git_commit() or "unknown", **params})
     except MlflowException as exc:
         raise TrackingError(f"could not start the job's run in {uri}: {error_line(exc)}") from None
@@ -234,7 +145,7 @@ class TrialRun:
         deadline = time.monotonic() + START_DEADLINE_S
         while True:
             try:
-                run = self._client.create_run(_experiment_id(self._client, uri, experiment), run_name=name, tags=run_tags)
+                run = self._client.create_run(experiment_id(self._client, uri, experiment), run_name=name, tags=run_tags)
                 break
             except MlflowException as exc:
                 if time.monotonic() > deadline:
@@ -274,9 +185,11 @@ class TrialRun:
         if score is not None:
             step = best["step"] if best is not None else 0
             self.log_metrics(step, {"score": score, "score_std": score_std or 0.0})
-        from rlservice import tracking_figures  # matplotlib: imported only when a figure is drawn
+        from rlservice.tracking import (
+            figures,  # matplotlib: imported only when a figure is drawn
+        )
 
-        self._final = (status, tracking_figures.learning_curve(history, title=f"{self.name} ({status})"), RUN_STATUS[status])
+        self._final = (status, figures.learning_curve(history, title=f"{self.name} ({status})"), RUN_STATUS[status])
         deadline = time.monotonic() + deadline_s
         while not self._try_send(force=True):
             remaining = deadline - time.monotonic()
@@ -355,8 +268,6 @@ def finish_job(uri: str, parent_run_id: str, trials: list[dict], *, model_name: 
     """Summarise a tuning job on its parent run (trials.csv, summary.png, best_score), register the
     best trial's policy as a new version of `model_name`, move `champion` to it when it beats the
     champion on the same dataset, and end the parent run."""
-    from rlservice import models  # it builds on this module
-
     c = client(uri)
     best = max((t for t in trials if t.get("status") in RANKED and t.get("score") is not None),
                key=lambda t: t["score"], default=None)
@@ -364,9 +275,9 @@ def finish_job(uri: str, parent_run_id: str, trials: list[dict], *, model_name: 
     try:
         with tempfile.TemporaryDirectory() as tmp:
             c.log_artifact(parent_run_id, str(_write_trials_csv(trials, Path(tmp) / "trials.csv")))
-            from rlservice import tracking_figures
+            from rlservice.tracking import figures
 
-            c.log_figure(parent_run_id, tracking_figures.job_summary(trials, searched), "summary.png")
+            c.log_figure(parent_run_id, figures.job_summary(trials, searched), "summary.png")
             if best is not None:
                 lineage = c.get_run(best["run_id"]).data.params
                 tags = {
@@ -377,8 +288,8 @@ def finish_job(uri: str, parent_run_id: str, trials: list[dict], *, model_name: 
                     "git_commit": lineage.get("git.commit", "unknown"),
                 }
                 checkpoint = _local_checkpoint(c, best, Path(tmp))
-                version = models.register_policy(uri, best["run_id"], checkpoint, model_name, tags).version
-                champion = models.promote_if_better(uri, model_name, version, float(best["score"]), dataset_id)
+                version = registry.register_policy(uri, best["run_id"], checkpoint, model_name, tags).version
+                champion = registry.promote_if_better(uri, model_name, version, float(best["score"]), dataset_id)
                 c.log_metric(parent_run_id, "best_score", float(best["score"]))
                 c.set_tag(parent_run_id, "best_run_id", best["run_id"])
                 c.set_tag(parent_run_id, "registered_model", f"{model_name}/{version}")

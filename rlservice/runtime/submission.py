@@ -20,9 +20,8 @@ from typing import Any, TextIO
 import yaml
 
 import rlservice
+from rlservice.config.tuning import TuningJob
 from rlservice.errors import ConfigError, RLServiceError
-from rlservice.tuning_config import TuningJob
-
 
 
 def submit(

@@ -14,11 +14,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from rlservice.config.tuning import TuningJob, validate_job
 from rlservice.errors import ConfigError, RLServiceError
+from rlservice.jobs.tune_dataset import ensure_dataset
 from rlservice.paths import home
-from rlservice.runtime.datasets import ensure_dataset
-from rlservice.runtime.tracking_bridge import JobTracking, check_tracking, finish_job, start_job
-from rlservice.tuning_config import TuningJob, validate_job
+from rlservice.tracking.tuning_runs import (
+    JobTracking,
+    check_tracking,
+    finish_job,
+    start_job,
+)
 
 JOB_FILE = "rlservice-job.json"
 
