@@ -11,10 +11,12 @@ from rlservice.agent.learner import Batch, Learner
 @torch.no_grad()
 def diagnostics(learner: Learner, batch: Batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Per-seed [K] tensors: Q statistics on dataset actions and on pi(s), PANI's
-    ood_overestimation and PARS's dormant_ratio."""
+    ood_overestimation, PARS's dormant_ratio and Sokar's dead_units. `q_abs_max` is the largest
+    |Q| of any critic of the ensemble (divergence shows in one critic before the minimum)."""
     activations: list[torch.Tensor] = []
-    q_data = learner.critic(batch.obs, batch.actions, activations=activations).min(dim=1).values
-    q_pi = learner.critic(batch.obs, learner.actor(batch.obs)).min(dim=1).values
+    q_data_all = learner.critic(batch.obs, batch.actions, activations=activations)  # [K, N, B]
+    q_pi_all = learner.critic(batch.obs, learner.actor(batch.obs))
+    q_data, q_pi = q_data_all.min(dim=1).values, q_pi_all.min(dim=1).values
     uniform = 2 * torch.rand(batch.actions.shape, generator=generator, device=batch.actions.device) - 1
     q_uniform = learner.critic(batch.obs, uniform).min(dim=1).values
     return {
@@ -22,15 +24,24 @@ def diagnostics(learner: Learner, batch: Batch, generator: torch.Generator) -> d
         "q_data_max": q_data.max(dim=-1).values,
         "q_pi_mean": q_pi.mean(dim=-1),
         "q_pi_max": q_pi.max(dim=-1).values,
-        "q_abs_max": torch.maximum(q_data.abs().amax(dim=-1), q_pi.abs().amax(dim=-1)),
+        "q_abs_max": torch.maximum(q_data_all.abs().amax(dim=(1, 2)), q_pi_all.abs().amax(dim=(1, 2))),
         "ood_overestimation": (q_uniform > q_data).float().mean(dim=-1),
         "dormant_ratio": dormant_ratio(activations, learner.seeds),
+        "dead_units": dead_units(activations, learner.seeds),
     }
 
 
 def dormant_ratio(activations: list[torch.Tensor], seeds: int) -> torch.Tensor:
-    """Fraction of hidden ReLU units that output zero for every sample of the batch, per seed.
-    Each activation is [K*N, B, H] (all critics of seed k are rows k*N..k*N+N-1)."""
+    """PARS's dormant ratio (its Figure 7, Table 12): the fraction of hidden ReLU outputs that are
+    zero, averaged over the inputs of the batch, per seed. Each activation is [K*N, B, H] (the
+    critics of seed k are rows k*N..k*N+N-1)."""
+    zero = [(a == 0).reshape(seeds, -1) for a in activations]  # [K, N*B*H] each
+    return torch.cat(zero, dim=1).float().mean(dim=1)
+
+
+def dead_units(activations: list[torch.Tensor], seeds: int) -> torch.Tensor:
+    """Sokar et al.'s dead units: the fraction of hidden ReLU units that output zero for every
+    input of the batch, per seed."""
     dead = [(a == 0).all(dim=1).reshape(seeds, -1) for a in activations]  # [K, N*H] each
     return torch.cat(dead, dim=1).float().mean(dim=1)
 

@@ -31,9 +31,9 @@ def advantage_weights(advantage: torch.Tensor, temperature: float, max_weight: f
     return torch.exp(temperature * advantage.detach()).clamp(max=max_weight)
 
 
-def finetune_decay(step: int, lam0: float, nu0: float, lam_end: float = 0.5, nu_end_ratio: float = 0.005) -> tuple[float, float]:
-    """DMG's online schedule: every 1000 gradient steps decay *= 0.99, and
-    lambda = lam_end - (lam_end - lam0) * decay,  nu = nu_end + (nu0 - nu_end) * decay."""
+def finetune_decay(step: int, lam0: float, nu0: float, lam_end: float = 0.5, nu_end: float = 0.005) -> tuple[float, float]:
+    """DMG's online schedule (official train_finetune.py): every 1000 gradient steps decay *= 0.99,
+    and lambda = lam_end - (lam_end - lam0) * decay,  nu = nu_end + (nu0 - nu_end) * decay, with
+    nu_end an absolute value. Both move together, also when lam0 == lam_end."""
     decay = 0.99 ** (step // 1000)
-    nu_end = nu_end_ratio * nu0
     return lam_end - (lam_end - lam0) * decay, nu_end + (nu0 - nu_end) * decay

@@ -121,8 +121,10 @@ class Learner:
         device: str | torch.device = "cpu",
         compile: bool = False,
         seed_group: int | None = None,
+        reward_factor: float = 1.0,
     ):
-        """`reward_min` is the raw minimum reward (config `reward_min` wins over it); `total_steps`
+        """`reward_min` is the raw minimum reward (config `reward_min` wins over it); `reward_factor`
+        multiplies the rewards besides `reward_scale` (IQL's return-range normalisation); `total_steps`
         sets the horizon of the cosine actor schedule; `compile` runs the networks through
         `torch.compile` (same results to float tolerance, a slow first few steps); `seed_group`
         seeds run their forward and backward together (default all)."""
@@ -156,7 +158,9 @@ class Learner:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
         raw_min = cfg.reward_min if cfg.reward_min is not None else reward_min
-        self.q_floor = pars.q_min(cfg.reward_scale, raw_min + cfg.reward_shift, cfg.discount)
+        self.reward_factor = reward_factor
+        self.q_floor = cfg.q_min if cfg.q_min is not None else pars.q_min(
+            cfg.reward_scale * reward_factor, raw_min + cfg.reward_shift, cfg.discount)
         self.steps = 0
         self._targets = list(self.actor_target.parameters()) + list(self.critic_target.parameters())
         self._onlines = list(self.actor.parameters()) + list(self.critic.parameters())
@@ -249,7 +253,7 @@ class Learner:
         if cfg.dmg_lambda < 1:
             v_next = n.value(batch.next_obs)
         bootstrap = dmg.mixed_bootstrap(q_next, v_next, cfg.dmg_lambda)
-        rewards = cfg.reward_scale * (batch.rewards + cfg.reward_shift)
+        rewards = (cfg.reward_scale * self.reward_factor) * (batch.rewards + cfg.reward_shift)
         return rewards + cfg.discount * (1.0 - batch.dones) * bootstrap
 
     def critic_losses(self, batch: Batch, y: torch.Tensor, nets: Nets | None = None) -> dict[str, torch.Tensor]:
@@ -290,13 +294,17 @@ class Learner:
         return loss
 
     def actor_q(self, obs: torch.Tensor, actions: torch.Tensor, nets: Nets | None = None) -> torch.Tensor:
-        """The actor's objective: min over the ensemble (offline) or the mean of a random subset.
-        The critics' weights are frozen meanwhile: the actor needs the gradient with respect to
-        the actions only, and skipping the critics' weight gradients saves a third of their backward."""
+        """The actor's objective: Q_1 (TD3+BC, PANI), the min over the ensemble (PARS, DMG offline)
+        or the mean of a random subset (fine-tuning). The critics' weights are frozen meanwhile:
+        the actor needs the gradient with respect to the actions only, and skipping the critics'
+        weight gradients saves a third of their backward."""
         cfg, n = self.cfg, nets or self.nets
         with frozen(n.critic_parameters):
             if cfg.actor_q == "min":
                 return n.critic(obs, actions).min(dim=1).values
+            if cfg.actor_q == "first":  # only the first critic runs
+                first = torch.zeros(n.seeds, 1, dtype=torch.long, device=obs.device)
+                return n.critic(obs, actions, first).squeeze(1)
             draws = torch.rand(n.seeds, cfg.num_critics, generator=self.generator, device=self.device)
             subset = draws.argsort(dim=1)[:, : cfg.actor_q_subset]
             return n.critic(obs, actions, subset).mean(dim=1)

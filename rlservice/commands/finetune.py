@@ -15,8 +15,8 @@ from rlservice.errors import ConfigError, RLServiceError
 
 USAGE = "rlservice finetune [submit] MODEL_URI --online-steps N [options]"
 # Flags passed on as they are to the command a submitted job runs.
-_FORWARDED = ("online_steps", "utd", "offline_ratio", "rollout_workers", "eval_every", "eval_episodes",
-              "tracking_uri", "experiment", "seed")
+_FORWARDED = ("online_steps", "utd", "offline_ratio", "exploration_std", "rollout_workers", "eval_every",
+              "eval_episodes", "tracking_uri", "experiment", "seed")
 
 
 def _finetune(args: argparse.Namespace) -> int:
@@ -28,8 +28,8 @@ def _finetune(args: argparse.Namespace) -> int:
     from rlservice.config.run import parse_overrides
     from rlservice.jobs.finetune import settings
 
-    values = {k: getattr(args, k) for k in ("utd", "offline_ratio", "rollout_workers", "eval_every", "eval_episodes",
-                                            "seed", "experiment") if getattr(args, k) is not None}
+    values = {k: getattr(args, k) for k in ("utd", "offline_ratio", "exploration_std", "rollout_workers", "eval_every",
+                                            "eval_episodes", "seed", "experiment") if getattr(args, k) is not None}
     settings(args.online_steps, overrides=parse_overrides(args.set), **values)  # bad input fails here, before anything
     if submit:
         return _submit(args, model)
@@ -39,7 +39,8 @@ def _finetune(args: argparse.Namespace) -> int:
         result = finetune.resume(args.resume, progress=not args.no_progress)
     else:
         result = finetune.finetune(model, args.online_steps, tracking_uri=args.tracking_uri, run_dir=args.out,
-                                   progress=not args.no_progress, overrides=parse_overrides(args.set), **values)
+                                   progress=not args.no_progress, overrides=parse_overrides(args.set),
+                                   announce=lambda line: print(line, file=sys.stderr), **values)
     if args.json:
         print(json.dumps(dataclasses.asdict(result)))
     else:
@@ -94,6 +95,10 @@ def _submit(args: argparse.Namespace, model: str) -> int:
     return 0
 
 
+def _ratio(text: str) -> float | str:
+    return text if text == "uniform" else float(text)
+
+
 def register(sub) -> None:
     p = sub.add_parser("finetune", usage=USAGE, help="fine-tune a registered model online (SPEC.md settings)",
                        description="Fine-tune models:/NAME@ALIAS or models:/NAME/VERSION online and register the "
@@ -101,11 +106,14 @@ def register(sub) -> None:
                                    "--address URL` runs the same command as a Ray job on a cluster.")
     p.add_argument("words", nargs="+", metavar="[submit] MODEL_URI")
     p.add_argument("--online-steps", type=int, required=True, help="env steps in total")
-    p.add_argument("--utd", type=int, help="learner updates per env step (default 20)")
-    p.add_argument("--offline-ratio", type=float, help="fraction of each batch from the offline data (default 0.5)")
+    p.add_argument("--utd", type=int, help="learner updates per env step (default: the method's regime, "
+                                           "PARS 20, DMG 1; see `rlservice presets show`)")
+    p.add_argument("--offline-ratio", type=_ratio, help="fraction of each batch from the offline data, or `uniform` "
+                                                        "(one buffer; default: the method's regime)")
+    p.add_argument("--exploration-std", type=float, help="Gaussian exploration noise (default: the method's regime)")
     p.add_argument("--rollout-workers", type=int, help="Ray rollout actors (default 1)")
     p.add_argument("--eval-every", type=int, help="env steps between evaluations and checkpoints (default 5000)")
-    p.add_argument("--eval-episodes", type=int, help="episodes per evaluation (default 10)")
+    p.add_argument("--eval-episodes", type=int, help="episodes per evaluation (default 100 on AntMaze, 10 elsewhere)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="agent knob for the online phase (repeatable)")
     p.add_argument("--seed", type=int)
     p.add_argument("--experiment", help="MLflow experiment (default rlservice-finetune)")

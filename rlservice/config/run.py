@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rlservice.config.presets import domain_of, preset_values
+from rlservice.config.presets import default_eval_episodes, preset_values
 from rlservice.errors import ConfigError
 
 
@@ -54,6 +54,8 @@ class AgentConfig(_Spec):
     # step's FLOPs; fewer states estimate the same mean for less.
     pa_samples: int | None = Field(None, ge=1)
     reward_min: float | None = None
+    # Q_min of the PA term as the paper used it (PARS Table 8); None: c * r_min / (1 - gamma).
+    q_min: float | None = None
     # PANI: penalised action noise injection
     noise_sigma: float = Field(0.0, ge=0)
     noise_kind: Literal["gaussian", "laplace", "hybrid"] = "hybrid"
@@ -66,11 +68,14 @@ class AgentConfig(_Spec):
     awr_max_weight: float = Field(100.0, gt=0)
     # actor
     bc_weight: float = Field(0.4, ge=0)
-    actor_q: Literal["min", "subset_mean"] = "min"
+    # first: Q_1 (TD3+BC, PANI); min: over the ensemble (PARS, DMG); subset_mean: of a random subset (fine-tuning)
+    actor_q: Literal["first", "min", "subset_mean"] = "min"
     actor_q_subset: int = Field(2, ge=1)
     # data conventions (D4RL)
     normalize_observations: bool = True
     reward_shift: float = 0.0
+    # IQL's MuJoCo convention: rewards x 1000 / (max - min episode return of the dataset)
+    reward_normalization: Literal["none", "return_range"] = "none"
     # diagnostics
     divergence_factor: float = Field(10.0, gt=1)
 
@@ -100,7 +105,7 @@ class TrainConfig(_Spec):
     steps: int = Field(1_000_000, ge=1)
     batch_size: int = Field(256, ge=1)
     eval_every: int = Field(5000, ge=1)
-    eval_episodes: int = Field(10, ge=1)
+    eval_episodes: int | None = Field(None, ge=1, description="default: 100 on AntMaze, 10 elsewhere")
     log_every: int = Field(1000, ge=1)
     seed: int = Field(0, ge=0)
     num_seeds: int = Field(1, ge=1, description="independent seeds trained together in one vectorised learner")
@@ -124,6 +129,13 @@ class RunConfig(_Spec):
     preset: str | None = None
     agent: AgentConfig = AgentConfig()
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _episodes_follow_domain(self) -> "RunConfig":
+        if self.train.eval_episodes is None:
+            episodes = default_eval_episodes(self.dataset.id)
+            object.__setattr__(self, "train", self.train.model_copy(update={"eval_episodes": episodes}))
+        return self
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -187,8 +199,8 @@ def build_run_config(
 ) -> RunConfig:
     """Resolve defaults < preset < YAML < overrides into a validated RunConfig.
 
-    `action_dim` is needed only by presets whose values depend on it (PARS outside MuJoCo);
-    when it is unknown those presets fall back to MuJoCo's value.
+    `action_dim` is needed only by presets whose values depend on it (PARS's beta * d outside
+    MuJoCo); when it is unknown those knobs keep their field defaults.
     """
     spec = dict(yaml_spec or {})
     unknown = set(spec) - set(RunConfig.model_fields)
@@ -204,9 +216,13 @@ def build_run_config(
     preset = preset if preset is not None else spec.get("preset")
     agent: dict[str, Any] = {}
     if preset is not None:
-        agent.update(preset_values(preset, domain_of(dataset["id"]), action_dim or 0))
-    agent.update(_mapping(spec.get("agent"), "agent"))
-    agent.update(routed["agent"])
+        agent.update(preset_values(preset, dataset["id"], action_dim))
+    chosen = {**_mapping(spec.get("agent"), "agent"), **routed["agent"]}
+    agent.update(chosen)
+    for subset in ("target_subset", "actor_q_subset"):
+        # A paper's subset of "all 10 critics" on an ensemble the user made smaller: all of them.
+        if subset in agent and subset not in chosen and isinstance(agent.get("num_critics"), int):
+            agent[subset] = min(agent[subset], agent["num_critics"])
     train = {**_mapping(spec.get("train"), "train"), **routed["train"]}
     try:
         return RunConfig(dataset=dataset, preset=preset, agent=agent, train=train)

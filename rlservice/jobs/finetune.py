@@ -3,7 +3,12 @@
 The learner comes back whole from the registry (actor, critics, targets, V, optimisers,
 normaliser, config, dataset id). Ray rollout workers step the env with the current policy plus
 exploration noise; the learner applies `utd` updates per env step received, each batch drawing a
-fraction `offline_ratio` of its rows from the offline dataset and the rest from the online buffer.
+fraction `offline_ratio` of its rows from the offline dataset and the rest from the online buffer
+("uniform": offline and online transitions as one buffer, sampled uniformly).
+
+Each method fine-tunes in its own regime (`regime`): the registered model's preset and dataset
+give the defaults (PARS: UTD 20, symmetric sampling, the online alpha/beta/actor subset of its
+tables; DMG: its official train_finetune.py), and every setting given explicitly overrides them.
 
 Every `eval_every` env steps the policy is evaluated and the run checkpointed. Rollouts never run
 past that point: there the workers are drained and the learner catches up, so a checkpoint holds
@@ -18,7 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import ray
@@ -28,7 +33,7 @@ from tqdm import tqdm
 
 from rlservice.agent import dmg
 from rlservice.agent.learner import Batch
-from rlservice.config.presets import domain_of
+from rlservice.config.presets import Knob, default_eval_episodes, domain_of, resolve
 from rlservice.config.run import AgentConfig, first_error
 from rlservice.data.buffer import ReplayBuffer
 from rlservice.data.online_buffer import OnlineReplayBuffer
@@ -52,17 +57,19 @@ class FinetuneSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # None: from the registered model's method and dataset (`regime`).
     online_steps: int = Field(ge=1)
-    utd: int = Field(20, ge=1, description="learner updates per env step")
-    offline_ratio: float = Field(0.5, ge=0, le=1, description="expected fraction of each batch from the offline data")
+    utd: int | None = Field(None, ge=1, description="learner updates per env step")
+    offline_ratio: Annotated[float, Field(ge=0, le=1)] | Literal["uniform"] | None = Field(
+        None, description="expected fraction of each batch from the offline data; uniform: one buffer")
     rollout_workers: int = Field(1, ge=1)
     steps_per_call: int = Field(50, ge=1, description="env steps a worker collects per request")
     exploration_std: float | None = Field(None, ge=0, description="default 0.1 on MuJoCo, 0.05 elsewhere")
     eval_every: int = Field(5000, ge=1, description="env steps between evaluations and checkpoints")
-    eval_episodes: int = Field(10, ge=1)
+    eval_episodes: int | None = Field(None, ge=1, description="default 100 on AntMaze, 10 elsewhere")
     dmg_decay: bool | None = Field(None, description="DMG's lambda/nu decay; default on when V enters the target")
     lam_end: float = Field(0.5, ge=0, le=1)
-    nu_end_ratio: float = Field(0.005, ge=0)
+    nu_end: float = Field(0.005, ge=0, description="DMG's final nu (an absolute value)")
     overrides: dict[str, Any] = Field(default_factory=dict, description="agent knobs for the online phase")
     seed: int = Field(0, ge=0)
     experiment: str = "rlservice-finetune"
@@ -81,6 +88,7 @@ class FinetuneResult:
     wall_time_s: float
     run_dir: str
     mlflow_run_id: str
+    regime: dict[str, Any]  # setting or knob -> {"value", "source"}
 
 
 def settings(online_steps: int, **values) -> FinetuneSettings:
@@ -98,12 +106,54 @@ def settings(online_steps: int, **values) -> FinetuneSettings:
     return s
 
 
-def online_agent_config(offline: AgentConfig, s: FinetuneSettings) -> AgentConfig:
-    """The offline config with the online defaults of SPEC.md (actor on the mean of a random critic
-    subset when there are more than two critics; constant learning rates) and the overrides."""
-    values = {"actor_lr_schedule": "constant", **({"actor_q": "subset_mean"} if offline.num_critics > 2 else {}), **s.overrides}
+_SETTINGS = ("utd", "offline_ratio", "exploration_std", "dmg_decay", "lam_end", "nu_end", "eval_episodes")
+
+
+def regime(s: FinetuneSettings, preset: str | None, dataset_id: str, offline: AgentConfig,
+           action_dim: int) -> tuple[FinetuneSettings, dict[str, Any], dict[str, dict[str, Any]]]:
+    """The fine-tuning regime of the method the model continues: (settings with every default filled
+    in, online agent knobs, {name: {"value", "source"}} of both). Explicit settings and overrides win."""
+    known: dict[str, Knob] = {}
+    if preset is not None:
+        known = {k.removeprefix("finetune."): v for k, v in resolve(preset, dataset_id, action_dim).knobs.items()
+                 if k.startswith("finetune.") and v.value is not None}
+    elif offline.num_critics > 2:
+        known["actor_q"] = Knob("subset_mean", "SPEC.md fine-tuning (no preset): the mean of a random critic subset")
+    fallback = {"utd": 20, "offline_ratio": 0.5, "exploration_std": 0.1 if domain_of(dataset_id) == "mujoco" else 0.05,
+                "dmg_decay": offline.algorithm == "td3" and offline.dmg_lambda < 1,
+                "eval_episodes": default_eval_episodes(dataset_id)}
+    table: dict[str, dict[str, Any]] = {}
+    values: dict[str, Any] = {}
+    explicit = s.model_fields_set
+    for name in _SETTINGS:
+        if name in explicit and getattr(s, name) is not None:
+            value, source = getattr(s, name), "given"
+        elif name in known:
+            value, source = known[name].value, known[name].source
+        elif name in fallback:
+            value, source = fallback[name], "project default"
+        else:
+            value, source = getattr(s, name), "field default"
+        values[name] = value
+        table[name] = {"value": value, "source": source}
+    online = {"actor_lr_schedule": "constant"}
+    table["actor_lr_schedule"] = {"value": "constant", "source": "project: the online phase runs at constant rates"}
+    for name, knob in known.items():
+        if name in AgentConfig.model_fields:
+            # A paper's subset of "all 10 critics" on a smaller ensemble: all of them.
+            value = min(knob.value, offline.num_critics) if name == "actor_q_subset" else knob.value
+            online[name] = value
+            table[name] = {"value": value, "source": knob.source}
+    for name, value in s.overrides.items():
+        online[name] = value
+        table[name] = {"value": value, "source": "given (--set)"}
+    return s.model_copy(update=values), online, table
+
+
+def online_agent_config(offline: AgentConfig, online: dict[str, Any]) -> AgentConfig:
+    """The offline config with the regime's online knobs (`regime`)."""
     try:
-        cfg = AgentConfig.model_validate({**offline.model_dump(), **values})
+        cfg = AgentConfig.model_validate({**offline.model_dump(), **online})
     except ValidationError as exc:
         raise ConfigError(first_error(exc)) from None
     if cfg.has_value_net != offline.has_value_net:
@@ -112,8 +162,11 @@ def online_agent_config(offline: AgentConfig, s: FinetuneSettings) -> AgentConfi
 
 
 def mixed_batch(offline: ReplayBuffer, online: OnlineReplayBuffer, generator: torch.Generator, seeds: int,
-                batch_size: int, offline_ratio: float) -> Batch:
-    """Each row from the offline data with probability `offline_ratio`, else from the online buffer."""
+                batch_size: int, offline_ratio: float | str) -> Batch:
+    """Each row from the offline data with probability `offline_ratio`, else from the online buffer;
+    "uniform": uniformly from both together."""
+    if offline_ratio == "uniform":  # one buffer: each row offline in proportion to the offline share
+        offline_ratio = len(offline) / (len(offline) + len(online))
     off = offline.sample(generator, seeds, batch_size)
     on = online.sample(generator, seeds, batch_size)
     from_offline = torch.rand((seeds, batch_size), generator=generator, device=off.obs.device) < offline_ratio
@@ -124,18 +177,35 @@ def mixed_batch(offline: ReplayBuffer, online: OnlineReplayBuffer, generator: to
     return Batch(*(pick(getattr(off, f.name), getattr(on, f.name)) for f in fields(Batch)))
 
 
+def decayed_config(base: AgentConfig, current: AgentConfig, updates: int, lam_end: float, nu_end: float) -> AgentConfig:
+    """DMG's online schedule after `updates` gradient steps (dmg.finetune_decay): lambda and nu
+    (bc_weight) move together, also when lambda starts at lam_end; `current` back when nothing changed."""
+    lam, nu = dmg.finetune_decay(updates, base.dmg_lambda, base.bc_weight, lam_end, nu_end)
+    if (lam, nu) == (current.dmg_lambda, current.bc_weight):
+        return current
+    return base.model_copy(update={"dmg_lambda": lam, "bc_weight": nu})
+
+
 def finetune(model_ref: str, online_steps: int, *, tracking_uri: str | None = None, run_dir: str | Path | None = None,
-             stop_at: int | None = None, progress: bool = True, **values) -> FinetuneResult:
+             stop_at: int | None = None, progress: bool = True, announce=None, **values) -> FinetuneResult:
     """Fine-tune registered model `model_ref` (models:/NAME@ALIAS or models:/NAME/VERSION) online
-    for `online_steps` env steps; `values` are `FinetuneSettings` fields. With `stop_at`, stop
-    (checkpointed, status "interrupted") after that many env steps."""
+    for `online_steps` env steps; `values` are `FinetuneSettings` fields (unset ones follow the
+    model's method, `regime`). With `stop_at`, stop (checkpointed, status "interrupted") after that
+    many env steps. `announce(line)` hears the regime used."""
     s = settings(online_steps, **values)
     uri = store.resolve_tracking_uri(tracking_uri)
     store.check_reachable(uri)
     name, version = _parse_ref(model_ref)
     run_dir = Path(run_dir) if run_dir else home() / "finetune" / f"{name}-v{version}-{time.strftime('%Y%m%d-%H%M%S')}"
     loaded, parent = registry.load_registered_trainer(model_ref, tracking_uri=uri, run_dir=run_dir)
-    cfg = online_agent_config(loaded.config.agent, s)
+    d = loaded.data
+    s, online, table = regime(s, loaded.config.preset, loaded.config.dataset.id, loaded.config.agent,
+                              int(d.actions.shape[1]))
+    if announce is not None:
+        announce(f"fine-tuning regime ({loaded.config.preset or 'no preset'} on {loaded.config.dataset.id}):")
+        for name, knob in table.items():
+            announce(f"  {name} {knob['value']}  ({knob['source']})")
+    cfg = online_agent_config(loaded.config.agent, online)
     trainer = Trainer(loaded.config.model_copy(update={"agent": cfg}), run_dir, data=loaded.data)
     trainer.restore(parent["checkpoint"])
     learner = trainer.learner
@@ -144,7 +214,7 @@ def finetune(model_ref: str, online_steps: int, *, tracking_uri: str | None = No
         if opt is not None:
             opt.lr = lr
     parent = {k: str(parent[k]) for k in ("model_uri", "name", "version", "run_id", "dataset")}
-    progress_state = {"settings": s.model_dump(), "parent": parent, "tracking_uri": uri, "env_steps": 0,
+    progress_state = {"settings": s.model_dump(), "regime": table, "parent": parent, "tracking_uri": uri, "env_steps": 0,
                       "updates": 0, "history": [], "mlflow_run_ids": []}
     return _Session(trainer, progress_state, None).run(stop_at, progress)
 
@@ -182,10 +252,7 @@ class _Session:
             self.online.load_state_dict(buffer_state)
         self.env_steps, self.updates, self.history = state["env_steps"], state["updates"], state["history"]
         self.base_cfg = cfg = self.learner.cfg
-        self.decay = s.dmg_decay if s.dmg_decay is not None else (cfg.algorithm == "td3" and cfg.dmg_lambda < 1)
-        self.exploration_std = s.exploration_std
-        if self.exploration_std is None:
-            self.exploration_std = 0.1 if domain_of(self.parent["dataset"]) == "mujoco" else 0.05
+        self.decay, self.exploration_std = s.dmg_decay, s.exploration_std  # filled in by `regime`
         self.actor_shape = (cfg.actor_hidden, cfg.actor_layers, cfg.actor_layernorm)
         self.metrics: dict[str, torch.Tensor] = {}
 
@@ -235,7 +302,7 @@ class _Session:
             online_steps=self.env_steps, updates=self.updates,
             score_before=before and before["normalized_score"], score_after=after and after["normalized_score"],
             wall_time_s=round(time.monotonic() - started, 1), run_dir=str(self.trainer.run_dir),
-            mlflow_run_id=self.mlflow.run_id,
+            mlflow_run_id=self.mlflow.run_id, regime=self.state.get("regime", {}),
         )
 
     # ----------------------------------------------------------------- collecting and learning
@@ -274,10 +341,7 @@ class _Session:
     def _update(self) -> bool:
         learner, trainer, s = self.learner, self.trainer, self.s
         if self.decay:
-            lam, nu = dmg.finetune_decay(self.updates, self.base_cfg.dmg_lambda, self.base_cfg.bc_weight,
-                                         s.lam_end, s.nu_end_ratio)
-            if lam != learner.cfg.dmg_lambda:
-                learner.cfg = self.base_cfg.model_copy(update={"dmg_lambda": lam, "bc_weight": nu})
+            learner.cfg = decayed_config(self.base_cfg, learner.cfg, self.updates, s.lam_end, s.nu_end)
         t = trainer.config.train
         batch = mixed_batch(trainer.buffer, self.online, learner.generator, t.num_seeds, t.batch_size, s.offline_ratio)
         self.metrics.update(learner.update(batch))  # actor_loss is only there on actor steps: keep the last

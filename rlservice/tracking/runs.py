@@ -24,7 +24,7 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from pydantic import ValidationError
 
-from rlservice.config.presets import domain_of, preset_values
+from rlservice.config.presets import preset_values, resolve
 from rlservice.config.run import AgentConfig, RunConfig
 from rlservice.errors import ConfigError, DatasetError
 from rlservice.tracking import registry
@@ -74,7 +74,8 @@ def dataset_digest(dataset_id: str) -> str:
 
 def run_params(run_config: RunConfig, action_dim: int | None = None) -> dict[str, Any]:
     """A run's params with stable names: agent.*, train.*, dataset.id, dataset.digest, preset,
-    git.commit (and dataset.action_dim, which some presets depend on)."""
+    git.commit (and dataset.action_dim, which some presets depend on), and for a preset the
+    paper's row (`preset.row`) and each preset value's source (`preset.source.<knob>`)."""
     params: dict[str, Any] = {
         "dataset.id": run_config.dataset.id,
         "dataset.digest": dataset_digest(run_config.dataset.id),
@@ -85,6 +86,10 @@ def run_params(run_config: RunConfig, action_dim: int | None = None) -> dict[str
     }
     if action_dim is not None:
         params["dataset.action_dim"] = action_dim
+    if run_config.preset is not None:  # the paper's row and where each preset value came from
+        resolved = resolve(run_config.preset, run_config.dataset.id, action_dim)
+        params["preset.row"] = resolved.row or "none"
+        params["preset.source"] = {name: knob.source for name, knob in resolved.knobs.items()}
     return params
 
 
@@ -371,7 +376,8 @@ def changed_knobs(params: dict[str, str]) -> dict[str, Any]:
     preset = params.get("preset", "none")
     try:
         expected = AgentConfig() if preset == "none" else AgentConfig.model_validate(
-            preset_values(preset, domain_of(params.get("dataset.id", "")), int(params.get("dataset.action_dim", 0)))
+            preset_values(preset, params.get("dataset.id", ""),
+                          int(params["dataset.action_dim"]) if "dataset.action_dim" in params else None)
         )
         typed = AgentConfig.model_validate({k: None if v == "None" else v for k, v in logged.items()})
     except (ConfigError, ValidationError, ValueError):  # written by another version: compare as text

@@ -94,9 +94,14 @@ class Trainer:
             if run_config.agent.normalize_observations
             else ObservationNormalizer.identity(d.observations.shape[1])
         )
-        self.buffer = ReplayBuffer(
-            self.normalizer(d.observations), d.actions, d.rewards, self.normalizer(d.next_observations), d.terminals, t.device
-        )
+        # Diagnostics run on transitions held out of training (SPEC.md, Diagnostics), chosen from their own stream.
+        diag_rng = torch.Generator(device=t.device).manual_seed(t.seed + 1)
+        held_out = torch.zeros(len(d.rewards), dtype=torch.bool)
+        held_out[torch.randperm(len(d.rewards), generator=torch.Generator().manual_seed(t.seed + 1))
+                 [: max(1, min(DIAGNOSTIC_BATCH, len(d.rewards) // 10))]] = True
+        columns = (self.normalizer(d.observations), d.actions, d.rewards, self.normalizer(d.next_observations), d.terminals)
+        self.buffer = ReplayBuffer(*(c[~held_out.numpy()] for c in columns), device=t.device)
+        diag_rows = ReplayBuffer(*(c[held_out.numpy()] for c in columns), device=t.device)
         self.learner = Learner(
             run_config.agent,
             d.observations.shape[1],
@@ -108,13 +113,13 @@ class Trainer:
             device=t.device,
             compile=t.compile,
             seed_group=seed_group_size(run_config.agent, t),
+            reward_factor=reward_factor(run_config.agent, d),
         )
         cfg = run_config.agent
         max_abs_reward = float(np.abs(d.rewards + cfg.reward_shift).max())
-        self.q_limit = cfg.divergence_factor * q_bound(cfg.reward_scale, max_abs_reward, cfg.discount)
-        # A fixed batch for diagnostics, drawn once from its own stream so training's RNG is untouched.
-        diag_rng = torch.Generator(device=t.device).manual_seed(t.seed + 1)
-        self.diag_batch = self.buffer.sample(diag_rng, t.num_seeds, DIAGNOSTIC_BATCH)
+        self.q_limit = cfg.divergence_factor * q_bound(cfg.reward_scale * self.learner.reward_factor, max_abs_reward,
+                                                       cfg.discount)
+        self.diag_batch = diag_rows.gather(torch.arange(len(diag_rows), device=t.device).expand(t.num_seeds, -1))
         self.diag_rng = diag_rng
         self.best_score: float | None = None
         self.history: list[dict[str, Any]] = []
@@ -272,6 +277,16 @@ class Trainer:
                 record["is_best"] = True
             if on_eval:
                 on_eval(step, record)
+
+
+def reward_factor(cfg, data: OfflineData) -> float:
+    """IQL's MuJoCo reward convention: 1000 / (max - min episode return over the dataset's episodes)."""
+    if cfg.reward_normalization == "none":
+        return 1.0
+    spread = float(data.episode_returns.max() - data.episode_returns.min())
+    if spread <= 0:
+        raise ConfigError(f"reward_normalization={cfg.reward_normalization!r}: the dataset's episode returns are all equal")
+    return 1000.0 / spread
 
 
 def evaluation_record(step: int, evaluations: list[Evaluation]) -> dict[str, Any]:

@@ -1,19 +1,43 @@
 import pytest
 import torch
 
-from rlservice.agent.diagnostics import diagnostics, diverged, dormant_ratio, q_bound
+from rlservice.agent.diagnostics import dead_units, diagnostics, diverged, dormant_ratio, q_bound
 from rlservice.agent.learner import Batch, Learner
 from rlservice.config.run import AgentConfig
 
 
-def test_dormant_ratio_counts_units_dead_on_the_whole_batch_per_seed():
+def test_dormant_ratio_is_the_zero_fraction_averaged_over_inputs_and_dead_units_sokars():
     # 2 seeds x 2 critics, 3 samples, 4 units: rows 0-1 belong to seed 0, rows 2-3 to seed 1.
     act = torch.rand(4, 3, 4) + 0.1
-    act[0, :, 1] = 0.0  # dead for every sample: dormant
-    act[1, 0, 2] = 0.0  # zero for one sample only: not dormant
-    act[2, :, :] = 0.0  # a whole critic of seed 1 dead
-    ratio = dormant_ratio([act, torch.ones(4, 3, 4)], seeds=2)
-    torch.testing.assert_close(ratio, torch.tensor([1 / 16, 4 / 16]))
+    act[0, :, 1] = 0.0  # zero for every sample: 3 zero outputs, one dead unit
+    act[1, 0, 2] = 0.0  # zero for one sample only: 1 zero output, not dead
+    act[2, :, :] = 0.0  # a whole critic of seed 1 zero: 12 zero outputs, 4 dead units
+    layers = [act, torch.ones(4, 3, 4)]  # second layer never zero
+    # PARS: zero outputs / all outputs (2 critics x 3 samples x 4 units x 2 layers = 48 per seed).
+    torch.testing.assert_close(dormant_ratio(layers, seeds=2), torch.tensor([4 / 48, 12 / 48]))
+    # Sokar: units zero on every input / all units (2 critics x 4 units x 2 layers = 16 per seed).
+    torch.testing.assert_close(dead_units(layers, seeds=2), torch.tensor([1 / 16, 4 / 16]))
+
+
+def test_dormant_ratio_of_a_hand_built_relu_layer():
+    # One seed, one critic member, 2 inputs, 3 units; pre-activations chosen by hand.
+    pre = torch.tensor([[[1.0, -2.0, 0.5], [-1.0, -3.0, 2.0]]])
+    out = torch.relu(pre)  # zeros: unit 1 on both inputs, unit 0 on the second
+    torch.testing.assert_close(dormant_ratio([out], seeds=1), torch.tensor([3 / 6]))
+    torch.testing.assert_close(dead_units([out], seeds=1), torch.tensor([1 / 3]))
+
+
+def test_divergence_reads_the_largest_q_of_any_critic():
+    lrn = Learner(AgentConfig(num_critics=2, critic_hidden=8, actor_hidden=8), 3, 2, reward_min=0.0)
+    with torch.no_grad():  # critic 2's head outputs a huge constant; the minimum stays small
+        head = lrn.critic.net.head
+        head.weight[1].zero_()
+        head.bias[1].fill_(1e6)
+    n = 16
+    batch = Batch(torch.randn(1, n, 3), torch.rand(1, n, 2) * 2 - 1, torch.zeros(1, n), torch.zeros(1, n, 3), torch.zeros(1, n))
+    out = diagnostics(lrn, batch, torch.Generator().manual_seed(0))
+    assert out["q_data_max"].item() < 1e3  # the ensemble minimum does not see it
+    assert out["q_abs_max"].item() == pytest.approx(1e6)
 
 
 class FirstActionCritic(torch.nn.Module):

@@ -10,11 +10,11 @@ HOPPER = "rlservice/hopper-v5/medium-v0"
 
 
 def test_resolution_order_defaults_preset_yaml_overrides():
-    spec = {"agent": {"reward_scale": 3.0, "num_critics": 4}}
+    spec = {"agent": {"reward_scale": 3.0, "num_critics": 12}}
     cfg = build_run_config(HOPPER, "pars", spec, {"reward_scale": 7.0}).agent
     assert cfg.reward_scale == 7.0  # --set beats YAML
-    assert cfg.num_critics == 4  # YAML beats preset (10)
-    assert cfg.pa_alpha == 1e-3 and cfg.critic_layernorm  # preset beats defaults
+    assert cfg.num_critics == 12  # YAML beats preset (10)
+    assert cfg.pa_alpha == 1e-2 and cfg.critic_layernorm  # preset beats defaults
     assert cfg.discount == 0.99  # default
 
 
@@ -35,7 +35,7 @@ def test_presets_follow_spec_table():
 
 
 def test_antmaze_presets_use_antmaze_values():
-    pars = preset_values("pars", "antmaze", action_dim=8)
+    pars = preset_values("pars", "D4RL/antmaze/medium-play-v1", action_dim=8)
     assert pars["num_critics"] == 4 and pars["pa_distance"] == 1000.0 and pars["bc_weight"] == pytest.approx(0.08)
     dmg = build_run_config("D4RL/antmaze/umaze-v1", "dmg").agent
     assert (dmg.expectile, dmg.awr_temperature, dmg.awr_max_weight, dmg.bc_weight) == (0.9, 10.0, 100.0, 0.5)

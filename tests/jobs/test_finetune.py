@@ -126,16 +126,67 @@ def test_resume_keeps_the_online_buffer_and_reaches_the_total(registered, uri, t
 
 
 def test_online_config_defaults_and_overrides():
-    pars_like = AgentConfig(num_critics=10)
-    assert ft.online_agent_config(pars_like, ft.settings(1)).actor_q == "subset_mean"
-    assert ft.online_agent_config(AgentConfig(), ft.settings(1)).actor_q == "min"
+    def online(offline, preset=None, dataset="mujoco/hopper/medium-v0", **values):
+        _, knobs, _ = ft.regime(ft.settings(1, **values), preset, dataset, offline, 3)
+        return ft.online_agent_config(offline, knobs)
+
+    assert online(AgentConfig(num_critics=10)).actor_q == "subset_mean"  # no preset: SPEC.md's default
+    assert online(AgentConfig()).actor_q == "min"
     dmg_like = AgentConfig(dmg_lambda=0.25, actor_lr_schedule="cosine")
-    cfg = ft.online_agent_config(dmg_like, ft.settings(1, overrides={"bc_weight": 0.2}))
+    cfg = online(dmg_like, overrides={"bc_weight": 0.2})
     assert (cfg.actor_lr_schedule, cfg.bc_weight, cfg.dmg_lambda) == ("constant", 0.2, 0.25)
     with pytest.raises(ConfigError, match="value network"):
-        ft.online_agent_config(dmg_like, ft.settings(1, overrides={"dmg_lambda": 1.0}))
+        online(dmg_like, overrides={"dmg_lambda": 1.0})
     with pytest.raises(ConfigError, match="actor_q_subset"):
-        ft.online_agent_config(AgentConfig(), ft.settings(1, overrides={"actor_q_subset": 3}))
+        online(AgentConfig(), overrides={"actor_q_subset": 3})
+
+
+def test_each_method_fine_tunes_in_its_own_regime():
+    # PARS on halfcheetah-medium: UTD 20, 5% offline (halfcheetah), Table 11's online alpha 1e-4 and S_k_actor 10.
+    pars = build_run_config("mujoco/halfcheetah/medium-v0", "pars", action_dim=6).agent
+    s, knobs, table = ft.regime(ft.settings(1), "pars", "mujoco/halfcheetah/medium-v0", pars, 6)
+    assert (s.utd, s.offline_ratio, s.exploration_std, s.dmg_decay) == (20, 0.05, 0.1, False)
+    assert (knobs["pa_alpha"], knobs["actor_q"], knobs["actor_q_subset"]) == (1e-4, "subset_mean", 10)
+    assert table["pa_alpha"]["source"] == "PARS Table 11, halfcheetah-medium"
+    # PARS on hopper-medium: 50/50, online alpha 1e-1, S_k_actor 1.
+    s, knobs, _ = ft.regime(ft.settings(1), "pars", "mujoco/hopper/medium-v0", pars, 3)
+    assert (s.offline_ratio, knobs["pa_alpha"], knobs["actor_q_subset"]) == (0.5, 1e-1, 1)
+    # DMG (official train_finetune.py): 1 update per env step, one uniform buffer, noise 0.1, nu_end 0.005.
+    dmg_cfg = build_run_config("D4RL/antmaze/large-play-v1", "dmg").agent
+    s, knobs, _ = ft.regime(ft.settings(1), "dmg", "D4RL/antmaze/large-play-v1", dmg_cfg, 8)
+    assert (s.utd, s.offline_ratio, s.exploration_std, s.dmg_decay, s.nu_end, s.lam_end) == (
+        1, "uniform", 0.1, True, 0.005, 0.5)
+    assert knobs["discount"] == 0.995 and s.eval_episodes == 100  # antmaze-large; AntMaze evaluation
+    # Every flag still overrides the method's defaults.
+    s, knobs, table = ft.regime(ft.settings(1, utd=4, offline_ratio=0.3, overrides={"discount": 0.99}), "dmg",
+                                "D4RL/antmaze/large-play-v1", dmg_cfg, 8)
+    assert (s.utd, s.offline_ratio, knobs["discount"], table["utd"]["source"]) == (4, 0.3, 0.99, "given")
+
+
+def test_dmg_fine_tuning_decays_nu_when_lambda_starts_at_its_end():
+    base = AgentConfig(dmg_lambda=0.5, bc_weight=0.1)
+    assert ft.decayed_config(base, base, 999, 0.5, 0.005) is base  # no decay before 1000 updates
+    cfg = ft.decayed_config(base, base, 3000, 0.5, 0.005)
+    # decay = 0.99^3 = 0.970299; nu = 0.005 + (0.1 - 0.005) * 0.970299 = 0.0971784...; lambda stays 0.5
+    assert cfg.dmg_lambda == pytest.approx(0.5) and cfg.bc_weight == pytest.approx(0.09717840, abs=1e-8)
+    lam = ft.decayed_config(AgentConfig(dmg_lambda=0.25, bc_weight=10.0), base, 1000, 0.5, 0.005)
+    assert lam.dmg_lambda == pytest.approx(0.5 - 0.25 * 0.99) and lam.bc_weight == pytest.approx(0.005 + 9.995 * 0.99)
+
+
+def test_uniform_sampling_draws_offline_rows_in_proportion_to_their_share():
+    from rlservice.data.buffer import ReplayBuffer
+    from rlservice.data.online_buffer import OnlineReplayBuffer, Transitions
+
+    n_off, n_on = 300, 100
+    offline = ReplayBuffer(torch.zeros(n_off, 2), torch.zeros(n_off, 1), torch.zeros(n_off), torch.zeros(n_off, 2),
+                           torch.zeros(n_off))
+    online = OnlineReplayBuffer(2, 1, n_on)
+    ones = lambda *shape: torch.ones(*shape).numpy()  # noqa: E731
+    online.add(Transitions(ones(n_on, 2), ones(n_on, 1), ones(n_on), ones(n_on, 2), ones(n_on) < 0, ones(n_on) < 0,
+                           ones(n_on) < 0, torch.zeros(n_on, dtype=torch.long).numpy()))
+    batch = ft.mixed_batch(offline, online, torch.Generator().manual_seed(0), 1, 20_000, "uniform")
+    share = float((batch.obs[..., 0] == 0).float().mean())
+    assert share == pytest.approx(n_off / (n_off + n_on), abs=0.015)
 
 
 @pytest.mark.parametrize("args, message", [

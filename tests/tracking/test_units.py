@@ -53,13 +53,17 @@ def test_dataset_digest_follows_the_data(hopper_random_dataset, tmp_path, monkey
 
 
 def test_run_params_are_flat_and_changed_knobs_are_those_off_the_preset(hopper_random_dataset):
-    run_config = build_run_config(hopper_random_dataset, "pars", None, {"pa_alpha": 0.01, "noise_sigma": 0.2}, action_dim=3)
+    run_config = build_run_config(hopper_random_dataset, "pars", None, {"pa_alpha": 0.001, "noise_sigma": 0.2}, action_dim=3)
     params = runs.flatten_params(runs.run_params(run_config, action_dim=3))
-    assert params["agent.pa_alpha"] == "0.01" and params["agent.num_critics"] == "10"
+    assert params["agent.pa_alpha"] == "0.001" and params["agent.num_critics"] == "10"
+    # the paper's row and each preset value's source (PARS Table 11: hopper-random alpha 1e-2)
+    assert params["preset.row"] == "hopper-random"
+    assert params["preset.source.pa_alpha"] == "PARS Table 11, hopper-random"
+    assert params["preset.source.reward_scale"] == "PARS F.3, hopper"
     assert params["train.batch_size"] == "256" and params["preset"] == "pars"
     assert params["dataset.id"] == hopper_random_dataset and params["dataset.action_dim"] == "3"
     assert all(isinstance(v, str) for v in params.values())
-    assert runs.changed_knobs(params) == {"pa_alpha": 0.01, "noise_sigma": 0.2}
+    assert runs.changed_knobs(params) == {"pa_alpha": 0.001, "noise_sigma": 0.2}
     assert runs.changed_knobs({**params, "preset": "none"})["num_critics"] == 10  # vs the field defaults
 
 
