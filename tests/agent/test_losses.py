@@ -7,6 +7,8 @@ batched code is checked against a second, naive implementation of the same formu
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from batches import random_batch
@@ -67,6 +69,27 @@ def test_lambda_one_is_td3_clipped_double_q_target(layernorm):
         expected = 5.0 * r + 0.99 * (1 - d) * q_next
         got = lrn.critic_target_value(b)[0]
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_iql_reward_normalisation_scales_rewards_by_the_return_range():
+    from types import SimpleNamespace
+
+    from rlservice.training.trainer import reward_factor
+
+    cfg = tiny(algorithm="iql", dmg_lambda=0.0, reward_normalization="return_range", reward_scale=2.0)
+    # episode returns 10, 260, 60: range 250 -> factor 1000 / 250 = 4
+    assert reward_factor(cfg, SimpleNamespace(episode_returns=np.array([10.0, 260.0, 60.0]))) == pytest.approx(4.0)
+    assert reward_factor(tiny(), SimpleNamespace(episode_returns=np.array([10.0, 260.0]))) == 1.0
+    lrn = Learner(cfg, OBS, ACT, reward_min=-2.0, seed=3, reward_factor=4.0)
+    b = make_batch()
+    with torch.no_grad():
+        expected = 2.0 * 4.0 * b.rewards[0] + 0.99 * (1 - b.dones[0]) * ref_v(lrn.value, 0, b.next_obs[0])
+        torch.testing.assert_close(lrn.critic_target_value(b)[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_table_8_q_min_overrides_the_dataset_formula():
+    assert learner(tiny(reward_scale=5.0, pa_alpha=1e-4, q_min=-366.0)).q_floor == -366.0
+    assert learner(tiny(reward_scale=5.0, pa_alpha=1e-4)).q_floor == pytest.approx(5.0 * -2.0 / 0.01)
 
 
 def test_target_policy_smoothing_noise_is_clipped():

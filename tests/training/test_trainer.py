@@ -55,6 +55,14 @@ def test_each_preset_trains_evaluates_saves_and_reloads_identically(preset, hopp
             assert torch.equal(p, q), name
 
 
+def test_diagnostic_batch_is_held_out_of_training(hopper_random_dataset, tmp_path):
+    trainer = Trainer(small_config(hopper_random_dataset, "td3bc", 10), tmp_path)
+    n = len(trainer.data.rewards)  # 3000 transitions: 300 held out (a tenth, at most 1024)
+    held = trainer.diag_batch.obs[0]
+    assert held.shape[0] == n // 10 and len(trainer.buffer) == n - n // 10
+    assert not (held[:, None, :] == trainer.buffer.obs[None]).all(dim=-1).any()
+
+
 def test_best_checkpoint_holds_the_weights_of_the_best_evaluation(hopper_random_dataset, tmp_path):
     trainer = Trainer(small_config(hopper_random_dataset, "td3bc", 300), tmp_path)
     result = trainer.run(progress=False)
