@@ -23,7 +23,7 @@ What each part of the step runs (K seeds, N critics, batch B):
   rows when PARS's PA term is on.
 - actor, every `policy_freq` steps (so 1/policy_freq of it per step): actor forward and
   backward on s; with advantage weights, target critics forward on (s, a) and V forward on s;
-  unless IQL, the critics (all N for `min`, `actor_q_subset` for `subset_mean`) forward on
+  unless IQL, the critics (all N for `min`, Q_1 for `first`, `actor_q_subset` for `subset_mean`) forward on
   (s, pi(s)) and backward to the actions.
 """
 
@@ -86,7 +86,7 @@ def step_matmuls(cfg: AgentConfig, obs_dim: int, act_dim: int, batch: int, seeds
     if cfg.awr_temperature > 0:
         parts["actor"] += mlp_matmuls(k * n, batch, critic, train=False) + mlp_matmuls(k, batch, value, train=False)
     if cfg.algorithm != "iql":
-        judged = n if cfg.actor_q == "min" else cfg.actor_q_subset
+        judged = {"min": n, "first": 1}.get(cfg.actor_q, cfg.actor_q_subset)
         parts["actor"] += mlp_matmuls(k * judged, batch, critic, train=False, input_grad=True)
     return parts
 

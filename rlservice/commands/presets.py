@@ -30,8 +30,23 @@ def describe(preset: str, dataset_id: str, action_dim: int | None = None) -> dic
     return {"preset": preset, "dataset": dataset_id, "row": resolved.row, "knobs": knobs, "notes": resolved.notes}
 
 
+def _local_action_dim(dataset_id: str) -> int | None:
+    """The action dim of a dataset on this machine (from its metadata), else None."""
+    from minari.serialization import deserialize_space
+
+    from rlservice.data.minari_io import list_local_datasets, read_metadata
+
+    if dataset_id not in list_local_datasets():
+        return None
+    return int(deserialize_space(read_metadata(dataset_id)["action_space"]).shape[0])
+
+
 def _show(args: argparse.Namespace) -> int:
-    out = describe(args.preset, args.dataset, args.action_dim)
+    from rlservice.config.presets import resolve
+
+    resolve(args.preset, args.dataset)  # an unknown preset fails before any dataset is looked up
+    action_dim = args.action_dim if args.action_dim is not None else _local_action_dim(args.dataset)
+    out = describe(args.preset, args.dataset, action_dim)
     notes = out.pop("notes")
     if args.json:
         print(json.dumps(out))
@@ -67,7 +82,8 @@ def register(sub) -> None:
     show = actions.add_parser("show", help="every knob a preset resolves to on a dataset, and where it comes from")
     show.add_argument("--preset", required=True, help="td3bc | pars | pani | dmg | iql")
     show.add_argument("--dataset", required=True, help="dataset id (need not be on this machine), e.g. D4RL/pen/cloned-v2")
-    show.add_argument("--action-dim", type=int, help="the dataset's action dim, for knobs that scale with it (PARS's beta x d)")
+    show.add_argument("--action-dim", type=int, help="the dataset's action dim, for knobs that scale with it (PARS's beta x d); "
+                                                    "default: read from the dataset when it is on this machine")
     show.add_argument("--json", action="store_true", help='print {"preset", "dataset", "row", "knobs": {name: {"value", "source"}}}')
     show.set_defaults(func=_show)
     lst = actions.add_parser("list", help="the paper rows each preset knows")

@@ -43,6 +43,7 @@ def test_hand_count_of_a_tiny_td3bc_step():
 
 @pytest.mark.parametrize("knobs,seeds", [
     (dict(), 1),  # TD3+BC-like: 2 critics
+    (dict(actor_q="first", critic_layernorm=False), 2),  # TD3+BC: the actor on Q_1 only
     (dict(num_critics=5, target_subset=2, pa_alpha=1e-3, noise_sigma=0.1, critic_layernorm=True), 2),  # PARS + PANI
     (dict(num_critics=3, pa_alpha=1e-3, pa_samples=3), 2),  # PA on 3 of the 8 states
     (dict(dmg_lambda=0.25, awr_temperature=3.0, awr_max_weight=3.0, bc_weight=0.1), 1),  # DMG

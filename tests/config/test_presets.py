@@ -157,3 +157,12 @@ def test_presets_list_and_bad_preset(capsys):
     assert main(["presets", "show", "--preset", "bogus", "--dataset", "x"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: preset='bogus'") and err.count("\n") == 1
+
+
+def test_a_local_dataset_gives_its_action_dim(capsys, hopper_random_dataset):
+    from rlservice.commands.presets import _local_action_dim
+
+    assert _local_action_dim(hopper_random_dataset) == 3  # Hopper's action dim
+    assert _local_action_dim("D4RL/antmaze/umaze-v1") is None  # not on this machine
+    row, v, _ = show(capsys, "pars", hopper_random_dataset)
+    assert row == "hopper-random" and (v["pa_alpha"], v["policy_noise"], v["target_subset"]) == (1e-2, 0.2, 2)
