@@ -134,7 +134,7 @@ class TuningJob(_Spec):
     trials: int = Field(ge=1)
     steps: int = Field(ge=1, description="gradient steps per trial")
     eval_every: int = Field(ge=1)
-    eval_episodes: int = Field(ge=1)
+    eval_episodes: int | None = Field(None, ge=1, description="default 100 on AntMaze, 10 elsewhere")
     seeds_per_trial: int = Field(1, ge=1)
     seed: int = Field(0, ge=0)
     scheduler: SchedulerSpec = SchedulerSpec()
@@ -158,6 +158,8 @@ class TuningJob(_Spec):
         budget = {"train.steps": self.steps, "train.eval_every": self.eval_every,
                   "train.eval_episodes": self.eval_episodes, "train.num_seeds": self.seeds_per_trial,
                   "train.seed": self.seed}
+        if self.eval_episodes is None:  # the dataset's domain decides (RunConfig)
+            del budget["train.eval_episodes"]
         if self.resources.gpus > 0:
             budget["train.device"] = "cuda"
         overrides = {**budget, **self.fixed, **self.knob_overrides(sampled or {})}

@@ -136,3 +136,13 @@ def test_the_define_by_run_space_pickles():
     job = load_job(TUNING / "quickstart.yaml")
     space = pickle.loads(pickle.dumps(DefineByRun(job, job.run_config().agent.model_dump())))
     assert space.order == job.search_order()
+
+
+def test_trial_eval_episodes_follow_the_domain_unless_set(tmp_path):
+    spec = minimal(dataset={"id": "D4RL/antmaze/umaze-v1"})
+    del spec["eval_episodes"]
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert load_job(path).run_config({"pa_alpha": 1e-3}, action_dim=8).train.eval_episodes == 100
+    path.write_text(yaml.safe_dump(minimal()))
+    assert load_job(path).run_config({"pa_alpha": 1e-3}).train.eval_episodes == 2
