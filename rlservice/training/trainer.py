@@ -94,14 +94,10 @@ class Trainer:
             if run_config.agent.normalize_observations
             else ObservationNormalizer.identity(d.observations.shape[1])
         )
-        # Diagnostics run on transitions held out of training (SPEC.md, Diagnostics), chosen from their own stream.
-        diag_rng = torch.Generator(device=t.device).manual_seed(t.seed + 1)
-        held_out = torch.zeros(len(d.rewards), dtype=torch.bool)
-        held_out[torch.randperm(len(d.rewards), generator=torch.Generator().manual_seed(t.seed + 1))
-                 [: max(1, min(DIAGNOSTIC_BATCH, len(d.rewards) // 10))]] = True
+        held_out = held_out_rows(len(d.rewards), t.seed + 1)  # the diagnostics' batch, never trained on
         columns = (self.normalizer(d.observations), d.actions, d.rewards, self.normalizer(d.next_observations), d.terminals)
-        self.buffer = ReplayBuffer(*(c[~held_out.numpy()] for c in columns), device=t.device)
-        diag_rows = ReplayBuffer(*(c[held_out.numpy()] for c in columns), device=t.device)
+        self.buffer = ReplayBuffer(*(c[~held_out] for c in columns), device=t.device)
+        diag_rows = ReplayBuffer(*(c[held_out] for c in columns), device=t.device)
         self.learner = Learner(
             run_config.agent,
             d.observations.shape[1],
@@ -120,7 +116,7 @@ class Trainer:
         self.q_limit = cfg.divergence_factor * q_bound(cfg.reward_scale * self.learner.reward_factor, max_abs_reward,
                                                        cfg.discount)
         self.diag_batch = diag_rows.gather(torch.arange(len(diag_rows), device=t.device).expand(t.num_seeds, -1))
-        self.diag_rng = diag_rng
+        self.diag_rng = torch.Generator(device=t.device).manual_seed(t.seed + 1)  # the diagnostics' own stream
         self.best_score: float | None = None
         self.history: list[dict[str, Any]] = []
         self._pending: dict[int, dict[str, Any]] = {}
@@ -277,6 +273,14 @@ class Trainer:
                 record["is_best"] = True
             if on_eval:
                 on_eval(step, record)
+
+
+def held_out_rows(n: int, seed: int) -> np.ndarray:
+    """Mask of the dataset rows kept out of training for the diagnostics (SPEC.md, Diagnostics):
+    a tenth of the dataset, at most DIAGNOSTIC_BATCH rows, chosen at random from `seed`."""
+    mask = np.zeros(n, dtype=bool)
+    mask[np.random.default_rng(seed).permutation(n)[: max(1, min(DIAGNOSTIC_BATCH, n // 10))]] = True
+    return mask
 
 
 def reward_factor(cfg, data: OfflineData) -> float:

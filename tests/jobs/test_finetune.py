@@ -79,12 +79,17 @@ def test_finetuning_improves_registers_and_honours_utd_and_mix(registered, uri, 
 
     monkeypatch.setattr(ft, "mixed_batch", counting)
     steps, utd, ratio = 3000, 2, 0.25  # random offline data: a small share of it learns fastest
+    announced = []
     result = ft.finetune(f"models:/{MODEL}@champion", steps, utd=utd, offline_ratio=ratio, eval_every=steps,
                          eval_episodes=10, tracking_uri=uri, run_dir=tmp_path / "ft", progress=False,
-                         overrides={"bc_weight": 0.0})
+                         overrides={"bc_weight": 0.0}, announce=announced.append)
     print(f"normalised score {result.score_before:.1f} -> {result.score_after:.1f} in {result.wall_time_s} s")
 
     assert result.status == "completed" and result.online_steps == steps
+    # The regime it used, printed and returned: the flags given, the rest from the model's preset (td3bc).
+    assert announced[0].startswith("fine-tuning regime (td3bc on ") and "  utd 2  (given)" in announced
+    assert result.regime["offline_ratio"] == {"value": ratio, "source": "given"}
+    assert result.regime["exploration_std"]["source"].startswith("SPEC.md fine-tuning")
     assert result.updates == len(updates) == utd * steps
     buffer = online_buffer(tmp_path / "ft")
     assert buffer["added"] == len(buffer["rewards"]) == steps
