@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import stats
 from tqdm import tqdm
 
 from rlservice.agent.fqe import FQE
@@ -145,3 +146,15 @@ class FQEEvaluator:
         return done
 
     wait = finished
+
+
+def ope_quality(online: list[float], offline: list[float]) -> dict[str, float]:
+    """How well offline scores pick among policies whose online scores are known: the Spearman
+    rank correlation of the two (ties get their mean rank) and the regret of picking by the
+    offline score, online[argmax online] - online[argmax offline]."""
+    online_scores, offline_scores = np.asarray(online, np.float64), np.asarray(offline, np.float64)
+    if len(online_scores) < 2 or len(online_scores) != len(offline_scores):
+        raise ValueError(f"need two or more pairs of scores, got {len(online_scores)} and {len(offline_scores)}")
+    spearman = float(stats.spearmanr(online_scores, offline_scores).statistic)
+    regret = float(online_scores.max() - online_scores[int(offline_scores.argmax())])
+    return {"spearman": spearman, "regret": regret, "policies": len(online_scores)}

@@ -16,7 +16,14 @@ from rlservice.agent.normalizer import ObservationNormalizer
 from rlservice.agent.policy import Policy
 from rlservice.data.minari_io import Episode, load_offline_data, write_dataset
 from rlservice.training.evaluation import mean_interval
-from rlservice.training.fqe import episode_starts, fit_fqe, fqe_normalized, horizon_of, steady_rate_factor
+from rlservice.training.fqe import (
+    episode_starts,
+    fit_fqe,
+    fqe_normalized,
+    horizon_of,
+    ope_quality,
+    steady_rate_factor,
+)
 
 GAMMA = 0.99
 NOISE = 0.2  # exploration noise of the behaviour policy, in the env's action units (box [-1, 1])
@@ -126,3 +133,18 @@ def test_mean_interval_is_the_student_t_interval():
     half = 3.182446305284263 * np.std([1, 2, 2, 3], ddof=1) / 2
     assert (low, high) == pytest.approx((2 - half, 2 + half))
     assert mean_interval([5.0]) == (5.0, 5.0)
+
+
+def test_spearman_and_regret_against_a_hand_computation():
+    # Five policies. Online ranks (1 = lowest): 10->1, 40->4, 20->2, 50->5, 30->3.
+    online = [10.0, 40.0, 20.0, 50.0, 30.0]
+    # FQE's scores are their own ranks: [1, 5, 3, 2, 4].
+    fqe = [1.0, 5.0, 3.0, 2.0, 4.0]
+    # d = online rank - fqe rank = [0, -1, -1, 3, -1]; sum d^2 = 12; rho = 1 - 6 * 12 / (5 * 24) = 0.4
+    # FQE picks policy 1 (fqe 5), whose online score is 40; the online best is 50: regret 10.
+    quality = ope_quality(online, fqe)
+    assert quality == {"spearman": pytest.approx(0.4), "regret": pytest.approx(10.0), "policies": 5}
+    # Ties take their mean rank: fqe [1, 2, 2] -> ranks [1, 2.5, 2.5]; online ranks [1, 2, 3];
+    # Pearson of the ranks: deviations [-1, 0, 1] and [-1, .5, .5]: 1.5 / sqrt(2 * 1.5) = sqrt(3) / 2.
+    assert ope_quality([1.0, 2.0, 3.0], [1.0, 2.0, 2.0])["spearman"] == pytest.approx(3**0.5 / 2)
+    assert ope_quality([3.0, 1.0], [0.0, 1.0]) == {"spearman": pytest.approx(-1.0), "regret": 2.0, "policies": 2}
