@@ -94,15 +94,22 @@ def _show(outcome: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(outcome, default=str))
         return
     knobs = sorted({k for t in outcome["trials"] for k in t["config"]})
-    header = ["trial", "status", "score", "final", "steps", *knobs]
-    rows = [[t["trial"], t["status"], _fmt(t["score"]), _fmt(t["final_score"]), str(t["steps"] or ""),
-             *(_fmt(t["config"].get(k)) for k in knobs)]
+    fqe = outcome.get("selection") != "offline" and any(t.get("fqe_score") is not None for t in outcome["trials"])
+    header = ["trial", "status", "score", "final", *(["fqe"] if fqe else []), "steps", *knobs]
+    rows = [[t["trial"], t["status"], _fmt(t["score"]), _fmt(t["final_score"]), *([_fmt(t["fqe_score"])] if fqe else []),
+             str(t["steps"] or ""), *(_fmt(t["config"].get(k)) for k in knobs)]
             for t in sorted(outcome["trials"], key=lambda t: (t["score"] is None, -(t["score"] or 0)))]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
     best, mlflow = outcome["best"], outcome["mlflow"]
     print("score: the trial's best evaluation (its checkpoint); final: its last one (what the search optimises)")
+    if outcome.get("selection") == "offline":
+        print("selection offline: every score is an FQE estimate (fqe_score), no episode was run")
+    if quality := outcome.get("ope_quality"):
+        print(f"offline evaluation: Spearman rank correlation of fqe_score with the final online score "
+              f"{quality['spearman']:.2f} over {quality['policies']} trials; regret of picking by FQE "
+              f"{quality['regret']:.1f} (FQE picks {quality['fqe_pick']}, online best {quality['online_best']})")
     if best:
         print(f"\nbest: trial {best['trial']}, score {_fmt(best['score'])}, config {json.dumps(best['config'])}")
     else:

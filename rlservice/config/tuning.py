@@ -119,6 +119,14 @@ class ResourcesSpec(_Spec):
     evaluator_cpus: float = Field(1.0, gt=0)
 
 
+class OfflineEvaluationSpec(_Spec):
+    """Fitted Q Evaluation of trials' policies (`rlservice.training.fqe`): no environment needed."""
+
+    steps: int = Field(ge=1, description="FQE gradient steps per evaluated policy")
+    every: bool = Field(False, description="FQE at every evaluation (ASHA needs intermediate scores), "
+                        "not only of the final policy")
+
+
 class MlflowSpec(_Spec):
     experiment: str = Field(min_length=1)
     registered_model: str = Field(min_length=1)
@@ -143,6 +151,13 @@ class TuningJob(_Spec):
     max_concurrent: int = Field(1, ge=1)
     max_failures: int = Field(2, ge=0, description="retries of a failed trial, each from its last checkpoint")
     mlflow: MlflowSpec
+    # online: rollouts score the trials; offline: FQE does, and the job needs no environment.
+    selection: Literal["online", "offline"] = "online"
+    offline_evaluation: OfflineEvaluationSpec | None = None
+
+    @property
+    def offline(self) -> bool:
+        return self.selection == "offline"
 
     # ------------------------------------------------------------------ configs of trials
     def knob_overrides(self, sampled: dict[str, Any]) -> dict[str, Any]:
@@ -162,6 +177,8 @@ class TuningJob(_Spec):
             del budget["train.eval_episodes"]
         if self.resources.gpus > 0:
             budget["train.device"] = "cuda"
+        if self.offline and not self.offline_evaluation.every:
+            budget["train.eval_every"] = self.steps  # FQE of the final policy only
         overrides = {**budget, **self.fixed, **self.knob_overrides(sampled or {})}
         dataset = {"id": self.dataset.id, "download": self.dataset.download}
         return build_run_config(self.dataset.id, self.preset, {"dataset": dataset}, overrides, action_dim=action_dim)
@@ -226,6 +243,7 @@ def validate_job(spec: dict[str, Any]) -> TuningJob:
         job = TuningJob.model_validate(spec)
     except ValidationError as exc:
         raise ConfigError(first_error(exc)) from None
+    _check_selection(job)
     _check_space(job)
     _check_fixed(job)
     _check_values(job)
@@ -239,6 +257,16 @@ def validate_job(spec: dict[str, Any]) -> TuningJob:
         raise ConfigError(f"eval_every={job.eval_every}: exceeds steps={job.steps}; "
                           "a trial would be evaluated only at its end")
     return job
+
+
+def _check_selection(job: TuningJob) -> None:
+    if not job.offline:
+        return
+    if job.offline_evaluation is None:
+        raise ConfigError("selection=offline needs offline_evaluation: {steps: N} (FQE steps per policy)")
+    if job.scheduler.type == "asha" and not job.offline_evaluation.every:
+        raise ConfigError("selection=offline with scheduler asha: ASHA needs a score at every evaluation; "
+                          "set offline_evaluation.every: true or scheduler.type: none")
 
 
 def searchable_knobs() -> list[str]:

@@ -320,8 +320,11 @@ def _ensure_namespace(namespace: str | None) -> None:
 # ---------------------------------------------------------------- reading
 
 
-def load_offline_data(dataset_id: str, *, download: bool = True) -> OfflineData:
-    """Load and validate a dataset: the local copy, else (with `download`) Minari's remote."""
+def load_offline_data(dataset_id: str, *, download: bool = True, require_env: bool = True) -> OfflineData:
+    """Load and validate a dataset: the local copy, else (with `download`) Minari's remote.
+
+    With `require_env=False` (offline evaluation and selection) the env is never created: the
+    dataset is checked against the spaces it records itself, so its env need not be installed."""
     dataset = _open(dataset_id, download)
     metadata = MinariStorage.read_raw_metadata(dataset.storage.data_path)
     ref_min_score, ref_max_score = _check_ref_scores(
@@ -330,15 +333,18 @@ def load_offline_data(dataset_id: str, *, download: bool = True) -> OfflineData:
     if dataset.env_spec is None:
         raise DatasetError(f"dataset {dataset_id} records no environment spec, so its env cannot be rebuilt")
     env_id = dataset.env_spec.id
-    try:
-        env = gym.make(dataset.env_spec)
-    except Exception as exc:
-        raise DatasetError(f"dataset {dataset_id}: its env {env_id} cannot be created: {_reason(exc)}") from exc
-    env.close()
-    obs_space = _box(dataset_id, env_id, "observation", env.observation_space)
-    act_space = _box(dataset_id, env_id, "action", env.action_space)
-    _box(dataset_id, "the dataset", "observation", dataset.observation_space)
-    _box(dataset_id, "the dataset", "action", dataset.action_space)
+    if require_env:
+        try:
+            env = gym.make(dataset.env_spec)
+        except Exception as exc:
+            raise DatasetError(f"dataset {dataset_id}: its env {env_id} cannot be created: {_reason(exc)}") from exc
+        env.close()
+        obs_space = _box(dataset_id, env_id, "observation", env.observation_space)
+        act_space = _box(dataset_id, env_id, "action", env.action_space)
+    data_obs = _box(dataset_id, "the dataset", "observation", dataset.observation_space)
+    data_act = _box(dataset_id, "the dataset", "action", dataset.action_space)
+    if not require_env:
+        obs_space, act_space = data_obs, data_act
 
     episodes = _read_episodes(dataset_id, dataset)
     _check_episodes(dataset_id, env_id, episodes, obs_space, act_space)

@@ -22,8 +22,10 @@ from rlservice.tracking.tuning_runs import (
     JobTracking,
     check_tracking,
     finish_job,
+    log_ope_quality,
     start_job,
 )
+from rlservice.training.fqe import ope_quality
 
 JOB_FILE = "rlservice-job.json"
 
@@ -43,6 +45,8 @@ class JobOutcome:
     mlflow: dict[str, Any]
     wall_time_s: float
     searcher_observations_at_start: int = 0  # on resume: finished trials the restored searcher knew
+    selection: str = "online"  # what scored the trials: rollouts (online) or FQE (offline)
+    ope_quality: dict[str, Any] | None = None  # FQE against online scores (online selection with offline_evaluation)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,7 +78,7 @@ def run_job(job: TuningJob, name: str | None = None, tracking_uri: str | None = 
         raise ConfigError(f"--name {name}: a job of that name exists in {record_dir}; "
                           f"continue it with `rlservice tune resume {name}` or choose another name")
     uri = check_tracking(tracking_uri)
-    job.run_config(action_dim=ensure_dataset(job.dataset, build_steps))
+    job.run_config(action_dim=ensure_dataset(job.dataset, build_steps, require_env=not job.offline))
     target = start_job(uri, job, name)
     record_dir.mkdir(parents=True, exist_ok=True)
     saved = {"job": job.model_dump(mode="json"), "tracking": asdict(target)}
@@ -100,7 +104,7 @@ def resume_job(name: str) -> JobOutcome:
     job = validate_job(saved["job"])
     target = JobTracking(**saved["tracking"])
     check_tracking(target.uri)
-    ensure_dataset(job.dataset)
+    ensure_dataset(job.dataset, require_env=not job.offline)
 
     from rlservice.runtime import tuner
 
@@ -121,6 +125,9 @@ def _conclude(job: TuningJob, target: JobTracking, name: str, trials: list[dict[
             f"job {name!r} interrupted with {len(finished)} of {job.trials} trials finished; "
             f"continue it with `rlservice tune resume {name}`"
         )
+    quality = ope_quality_of(job, trials)
+    if quality is not None:
+        log_ope_quality(target, quality)
     registered = finish_job(target, job, trials)
     saved_file = job_record_dir(name) / JOB_FILE
     saved_file.write_text(json.dumps({**json.loads(saved_file.read_text()), "finished": True}, indent=2))
@@ -133,7 +140,24 @@ def _conclude(job: TuningJob, target: JobTracking, name: str, trials: list[dict[
                 **registered},
         wall_time_s=wall,
         searcher_observations_at_start=observed,
+        selection=job.selection,
+        ope_quality=quality,
     )
+
+
+def ope_quality_of(job: TuningJob, trials: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """With online selection and `offline_evaluation`: how well FQE would have picked, over the
+    trials that have both an online score and an FQE score of the same (final) policy."""
+    if job.offline or job.offline_evaluation is None:
+        return None
+    scored = [t for t in trials if t.get("fqe_score") is not None and t.get("final_score") is not None]
+    if len(scored) < 2:
+        return None
+    quality = ope_quality([t["final_score"] for t in scored], [t["fqe_score"] for t in scored])
+    online_best = max(scored, key=lambda t: t["final_score"])
+    fqe_pick = max(scored, key=lambda t: t["fqe_score"])
+    return {**quality, "online_best": online_best["trial"], "fqe_pick": fqe_pick["trial"],
+            "trials": [{k: t[k] for k in ("trial", "run_id", "final_score", "fqe_score")} for t in scored]}
 
 
 def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:

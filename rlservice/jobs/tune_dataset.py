@@ -10,14 +10,15 @@ from rlservice.data.minari_io import build_random_dataset, load_offline_data
 from rlservice.errors import DatasetError
 
 
-def ensure_dataset(spec: DatasetSpec, build_steps: int | None = None) -> int:
+def ensure_dataset(spec: DatasetSpec, build_steps: int | None = None, require_env: bool = True) -> int:
     """Return the dataset's action dimension; build it first when it is missing and may be built
-    (`build_steps` from the CLI, else the job's `dataset.build_steps`)."""
+    (`build_steps` from the CLI, else the job's `dataset.build_steps`). `require_env=False`: the
+    dataset's env need not be installed (offline selection)."""
     steps = build_steps or spec.build_steps
     if steps and not get_dataset_path(spec.id).joinpath("data").is_dir():
         env_id = _env_of(spec.id)
         build_random_dataset(env_id, steps, dataset_id=spec.id)
-    return int(load_offline_data(spec.id, download=spec.download).actions.shape[1])
+    return int(load_offline_data(spec.id, download=spec.download, require_env=require_env).actions.shape[1])
 
 
 def _env_of(dataset_id: str) -> str:

@@ -5,6 +5,10 @@ reports `score` (mean normalised score over its seeds) and a checkpoint director
 `best/` (the best evaluation's weights) and `latest/` (where a retry resumes). A retry reads
 `tune.get_checkpoint()` and continues from `latest/`.
 
+With `selection: offline` the evaluations are Fitted Q Evaluations (`training/fqe.py`) in the
+trial's own process, and nothing creates an environment; with `offline_evaluation` under online
+selection the final policies are also scored by FQE (`fqe_score` next to the online score).
+
 Whatever a trial must record, it records before its last report: the scheduler may stop the
 trial at any report, and nothing after that report would run.
 """
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 import torch
 from ray import tune
@@ -25,6 +30,7 @@ from rlservice.config.tuning import TuningJob
 from rlservice.data.minari_io import load_offline_data
 from rlservice.runtime.evaluators import RayEvaluator
 from rlservice.tracking.tuning_runs import JobTracking, TrialTracking
+from rlservice.training.fqe import FQEEvaluator, fit_fqe
 from rlservice.training.trainer import InlineEvaluator, Trainer
 
 # The score a diverged trial reports: below any normalised score a real policy reaches
@@ -81,17 +87,19 @@ def _train(config: dict[str, Any], setup: TrialSetup, run_dir: Path) -> None:
 
 
 def _trainer(job: TuningJob, config: dict[str, Any], run_dir: Path) -> Trainer:
+    data = load_offline_data(job.dataset.id, download=job.dataset.download, require_env=not job.offline)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # a retry: continue where the last report left off
         with checkpoint.as_directory() as saved:
             shutil.copytree(saved, run_dir, dirs_exist_ok=True)
-        return Trainer.from_checkpoint(run_dir / "latest", run_dir)
-    data = load_offline_data(job.dataset.id, download=job.dataset.download)
+        return Trainer.from_checkpoint(run_dir / "latest", run_dir, data=data)
     return Trainer(job.run_config(config, action_dim=data.actions.shape[1]), run_dir, data=data)
 
 
 def _evaluator(job: TuningJob, trainer: Trainer):
     t, d, a = trainer.config.train, trainer.data, trainer.config.agent
+    if job.offline:  # no environment: FQE scores the policies, in the trial's process
+        return FQEEvaluator(d, a.discount, job.offline_evaluation.steps, t.seed, t.device)
     if job.resources.evaluators == 0:
         return InlineEvaluator(d.env_id, t.eval_episodes, t.seed, d.ref_min_score, d.ref_max_score)
     return RayEvaluator(
@@ -111,9 +119,17 @@ class _Reporter:
         self.tracking.log_metrics(step, {k: float(v) for k, v in logged.items()})
 
     def on_eval(self, step: int, record: dict[str, Any]) -> None:
-        self.tracking.log_metrics(step, {k: float(v) for k, v in record.items() if k != "step"})
-        self.trainer.save("latest")
         final = step >= self.job.steps
+        if self.job.offline:  # the evaluation was FQE: log it under its own names
+            record = {**record, "fqe_score": record["normalized_score"], "fqe_return": record["return_mean"]}
+            logged = {"fqe_score": record["fqe_score"], "fqe_score_std": record["normalized_score_std"],
+                      "fqe_return": record["fqe_return"], "fqe_return_std": record["return_std"]}
+        else:
+            if final and self.job.offline_evaluation is not None:
+                record = {**record, **self.fqe_of_policies()}
+            logged = {k: v for k, v in record.items() if k != "step"}
+        self.tracking.log_metrics(step, {k: float(v) for k, v in logged.items()})
+        self.trainer.save("latest")
         if final:
             self.tracking.finish("completed", self.trainer.history, self.trainer.run_dir / "best")
         self.report(record, "completed" if final else "running")
@@ -121,8 +137,17 @@ class _Reporter:
     def report(self, record: dict[str, Any], status: str) -> None:
         metrics = self.metrics(record["step"], record["normalized_score"], status)
         metrics.update(score_std=record["normalized_score_std"], return_mean=record["return_mean"])
+        metrics.update({k: record[k] for k in ("fqe_score", "fqe_return") if k in record})
         self.reported = True
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(self.trainer.run_dir))
+
+    def fqe_of_policies(self) -> dict[str, float]:
+        """FQE of the current policies (the final ones), averaged over the trial's seeds."""
+        t, a = self.trainer.config.train, self.trainer.config.agent
+        estimates = [fit_fqe(p, self.trainer.data, discount=a.discount, steps=self.job.offline_evaluation.steps,
+                             seed=t.seed, device=t.device) for p in self.trainer.policies()]
+        return {"fqe_score": float(np.mean([e.fqe_score for e in estimates])),
+                "fqe_return": float(np.mean([e.fqe_return for e in estimates]))}
 
     def metrics(self, step: int, score: float, status: str) -> dict[str, Any]:
         """`score` is the search objective (this evaluation); `best_score` is the evaluation whose

@@ -118,6 +118,8 @@ def _row(job: TuningJob, trial: Trial) -> dict[str, Any]:
         "score": last.get("best_score"),
         "score_std": last.get("best_score_std"),
         "final_score": last.get("score"),
+        "fqe_score": last.get("fqe_score"),  # with offline_evaluation: FQE of the final policy
+        "fqe_return": last.get("fqe_return"),
         "steps": last.get("step"),
         "config": dict(trial.config),
         "checkpoint": str(best) if best is not None and best.is_dir() else None,

@@ -269,10 +269,10 @@ def log_training_run(uri: str, experiment: str, trainer, *, name: str | None = N
 
 
 def finish_job(uri: str, parent_run_id: str, trials: list[dict], *, model_name: str, dataset_id: str,
-               preset: str | None, searched: list[str]) -> dict:
+               preset: str | None, searched: list[str], version_tags: dict[str, str] | None = None) -> dict:
     """Summarise a tuning job on its parent run (trials.csv, summary.png, best_score), register the
-    best trial's policy as a new version of `model_name`, move `champion` to it when it beats the
-    champion on the same dataset, and end the parent run."""
+    best trial's policy as a new version of `model_name` (with `version_tags` added to its tags),
+    move `champion` to it when it beats the champion on the same dataset, and end the parent run."""
     c = client(uri)
     best = max((t for t in trials if t.get("status") in RANKED and t.get("score") is not None),
                key=lambda t: t["score"], default=None)
@@ -291,6 +291,7 @@ def finish_job(uri: str, parent_run_id: str, trials: list[dict], *, model_name: 
                     "score": repr(float(best["score"])), "score_std": repr(float(best.get("score_std") or 0.0)),
                     "dataset_digest": lineage.get("dataset.digest", "unknown"),
                     "git_commit": lineage.get("git.commit", "unknown"),
+                    **(version_tags or {}),
                 }
                 checkpoint = _local_checkpoint(c, best, Path(tmp))
                 version = registry.register_policy(uri, best["run_id"], checkpoint, model_name, tags).version
@@ -315,6 +316,20 @@ def _write_trials_csv(trials: list[dict], path: Path) -> Path:
         for t in trials:
             writer.writerow({**{c: t.get(c) for c in columns[:6]}, **t.get("config", {})})
     return path
+
+
+def log_table(uri: str, run_id: str, name: str, columns: list[str], rows: list[tuple]) -> None:
+    """A CSV artifact `name` of `rows` under `columns` on run `run_id`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            writer.writerows(rows)
+        try:
+            client(uri).log_artifact(run_id, str(path))
+        except MlflowException as exc:
+            raise TrackingError(f"could not log {name} to run {run_id} in {uri}: {error_line(exc)}") from None
 
 
 def _local_checkpoint(c: MlflowClient, trial: dict, tmp: Path) -> Path:

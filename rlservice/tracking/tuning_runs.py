@@ -43,7 +43,8 @@ def start_job(uri: str, job: TuningJob, name: str) -> JobTracking:
         "dataset.id": job.dataset.id, "dataset.digest": runs.dataset_digest(job.dataset.id),
         "preset": job.preset or "none", "trials": job.trials, "steps": job.steps, "eval_every": job.eval_every,
         "eval_episodes": job.eval_episodes, "seeds_per_trial": job.seeds_per_trial, "scheduler": job.scheduler.model_dump(),
-        "searched": ",".join(job.search_space), "fixed": job.fixed,
+        "searched": ",".join(job.search_space), "fixed": job.fixed, "selection": job.selection,
+        "offline_evaluation": job.offline_evaluation.model_dump() if job.offline_evaluation else "none",
     }
     parent = runs.start_job_run(uri, job.mlflow.experiment, name, params, tags={"dataset": job.dataset.id})
     return JobTracking(uri, job.mlflow.experiment, parent)
@@ -57,7 +58,35 @@ def finish_job(target: JobTracking, job: TuningJob, trials: list[dict[str, Any]]
     return runs.finish_job(
         target.uri, target.parent_run_id, trials, model_name=job.mlflow.registered_model,
         dataset_id=job.dataset.id, preset=job.preset, searched=list(job.search_space),
+        version_tags=selection_tags(job, trials),
     )
+
+
+def selection_tags(job: TuningJob, trials: list[dict[str, Any]]) -> dict[str, str]:
+    """Tags of the registered version saying how it was selected; offline: with its FQE estimate."""
+    if not job.offline:
+        return {"selection": "online"}
+    best = max((t for t in trials if t.get("status") in runs.RANKED and t.get("score") is not None),
+               key=lambda t: t["score"], default=None)
+    tags = {"selection": "offline", "fqe_steps": str(job.offline_evaluation.steps)}
+    if best is not None:
+        tags["fqe_score"] = repr(float(best["score"]))
+        if best.get("fqe_return") is not None:
+            tags["fqe_return"] = repr(float(best["fqe_return"]))
+    return tags
+
+
+def log_ope_quality(target: JobTracking, quality: dict[str, Any]) -> None:
+    """ope_quality.csv on the job's parent run (long format: quantity, trial, value) and the
+    metrics ope_spearman and ope_regret."""
+    rows = [("spearman", "", quality["spearman"]), ("regret", "", quality["regret"]),
+            ("online_best", quality["online_best"], ""), ("fqe_pick", quality["fqe_pick"], "")]
+    for t in quality["trials"]:
+        rows += [("online_score", t["trial"], t["final_score"]), ("fqe_score", t["trial"], t["fqe_score"])]
+    runs.log_table(target.uri, target.parent_run_id, "ope_quality.csv", ["quantity", "trial", "value"], rows)
+    c = store.client(target.uri)
+    c.log_metric(target.parent_run_id, "ope_spearman", quality["spearman"])
+    c.log_metric(target.parent_run_id, "ope_regret", quality["regret"])
 
 
 def end_run(target: JobTracking, run_id: str, status: str, score: float | None = None,

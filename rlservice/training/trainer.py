@@ -159,9 +159,11 @@ class Trainer:
         return save_checkpoint(self.run_dir / name, state or self.state_dict(), self.config, info or self.info())
 
     @classmethod
-    def from_checkpoint(cls, checkpoint_dir: str | Path, run_dir: str | Path | None = None, **train_overrides) -> "Trainer":
+    def from_checkpoint(cls, checkpoint_dir: str | Path, run_dir: str | Path | None = None,
+                        data: OfflineData | None = None, **train_overrides) -> "Trainer":
         """Rebuild a trainer (data, learner, normaliser, history) from a checkpoint directory; with
-        `train_overrides` (e.g. steps=...) the training budget can be extended."""
+        `train_overrides` (e.g. steps=...) the training budget can be extended; `data`, if given,
+        is the checkpoint's dataset already loaded."""
         _, run_config, _ = load_checkpoint(checkpoint_dir)
         if train_overrides:
             try:
@@ -169,7 +171,7 @@ class Trainer:
             except ValidationError as exc:
                 raise ConfigError(first_error(exc)) from None
             run_config = run_config.model_copy(update={"train": train})
-        trainer = cls(run_config, run_dir or Path(checkpoint_dir).parent)
+        trainer = cls(run_config, run_dir or Path(checkpoint_dir).parent, data=data)
         trainer.restore(checkpoint_dir)
         return trainer
 
