@@ -21,6 +21,7 @@ from rlservice.paths import home
 from rlservice.tracking.tuning_runs import (
     JobTracking,
     check_tracking,
+    end_superseded,
     finish_job,
     start_job,
 )
@@ -117,6 +118,7 @@ def _conclude(job: TuningJob, target: JobTracking, name: str, trials: list[dict[
               observed: int) -> JobOutcome:
     finished = [t for t in trials if t["status"] != "unfinished"]
     if len(finished) < job.trials:
+        end_superseded(target, trials)  # the runs of stopped trials: a resume continues them in new runs
         raise JobInterrupted(
             f"job {name!r} interrupted with {len(finished)} of {job.trials} trials finished; "
             f"continue it with `rlservice tune resume {name}`"

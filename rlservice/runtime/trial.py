@@ -2,8 +2,10 @@
 
 The learner is a single process and stays in the trial itself. After every evaluation the trial
 reports `score` (mean normalised score over its seeds) and a checkpoint directory holding
-`best/` (the best evaluation's weights) and `latest/` (where a retry resumes). A retry reads
-`tune.get_checkpoint()` and continues from `latest/`.
+`best/` (the best evaluation's weights) and `latest/` (where a retry resumes: the state of the
+step just evaluated, although training has moved on while the evaluation ran). A retry reads
+`tune.get_checkpoint()` and continues from `latest/`, so the scores the searcher and the
+scheduler see are those of one unbroken run.
 
 Whatever a trial must record, it records before its last report: the scheduler may stop the
 trial at any report, and nothing after that report would run.
@@ -112,7 +114,7 @@ class _Reporter:
 
     def on_eval(self, step: int, record: dict[str, Any]) -> None:
         self.tracking.log_metrics(step, {k: float(v) for k, v in record.items() if k != "step"})
-        self.trainer.save("latest")
+        self.trainer.save_evaluated("latest")  # the state of `step`, not of the step training has reached
         final = step >= self.job.steps
         if final:
             self.tracking.finish("completed", self.trainer.history, self.trainer.run_dir / "best")
@@ -130,6 +132,7 @@ class _Reporter:
         best = max(self.trainer.history, key=lambda h: h["normalized_score"], default=None)
         return {
             "step": step,
+            "trained_steps": self.trainer.learner.steps,  # where training is while `step` is reported
             "score": score,
             "best_score": best["normalized_score"] if best else None,
             "best_score_std": best["normalized_score_std"] if best else None,

@@ -35,11 +35,13 @@ DIAGNOSTIC_BATCH = 1024
 
 
 class Evaluator(Protocol):
-    """Evaluates the policies of every seed at a step; may finish later than it is asked."""
+    """Evaluates the policies of every seed at a step; may finish later than it is asked.
+    Results come back in the order they were submitted; `wait(keep)` blocks until at most
+    `keep` evaluations are unfinished and returns the finished ones."""
 
     def submit(self, step: int, policies: list[Policy]) -> None: ...
     def finished(self) -> list[tuple[int, list[Evaluation]]]: ...
-    def wait(self) -> list[tuple[int, list[Evaluation]]]: ...
+    def wait(self, keep: int = 0) -> list[tuple[int, list[Evaluation]]]: ...
 
 
 class InlineEvaluator:
@@ -57,7 +59,8 @@ class InlineEvaluator:
         done, self._done = self._done, []
         return done
 
-    wait = finished
+    def wait(self, keep: int = 0) -> list[tuple[int, list[Evaluation]]]:
+        return self.finished()
 
 
 @dataclass
@@ -119,6 +122,7 @@ class Trainer:
         self.best_score: float | None = None
         self.history: list[dict[str, Any]] = []
         self._pending: dict[int, dict[str, Any]] = {}
+        self._evaluated: dict[str, Any] | None = None  # the state of the step last evaluated
         self._stop_requested = False
 
     def request_stop(self) -> None:
@@ -156,6 +160,13 @@ class Trainer:
 
     def save(self, name: str, state: dict[str, Any] | None = None, info: dict[str, Any] | None = None) -> Path:
         return save_checkpoint(self.run_dir / name, state or self.state_dict(), self.config, info or self.info())
+
+    def save_evaluated(self, name: str) -> Path:
+        """Save the state of the step whose evaluation came back last (weights, optimisers, RNG,
+        history up to and including it): training has moved on since, but a checkpoint reported
+        with an evaluation must hold the step that was evaluated."""
+        assert self._evaluated is not None, "no evaluation has come back yet"
+        return self.save(name, self._evaluated["state"], self._evaluated["info"])
 
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: str | Path, run_dir: str | Path | None = None, **train_overrides) -> "Trainer":
@@ -215,11 +226,14 @@ class Trainer:
                     if logged["diverged"]:
                         status = "diverged"
                         break
+                    self._collect(evaluator.finished(), on_eval)
                     tick = time.perf_counter()
                 if step % t.eval_every == 0 or step == t.steps:
                     train_time += time.perf_counter() - tick
                     self._submit(evaluator, step)
-                    self._collect(evaluator.finished(), on_eval)
+                    # Never train more than one period past the oldest unfinished evaluation: its
+                    # report must reach the caller (a scheduler may stop here) before training is far past it.
+                    self._collect(evaluator.wait(keep=1), on_eval)
                     tick = time.perf_counter()
         bar.close()
         self._collect(evaluator.wait(), on_eval)
@@ -265,9 +279,12 @@ class Trainer:
             record = evaluation_record(step, evaluations)
             self.history.append(record)
             snapshot = self._pending.pop(step)
-            if self.best_score is None or record["normalized_score"] > self.best_score:
+            is_best = self.best_score is None or record["normalized_score"] > self.best_score
+            if is_best:
                 self.best_score = record["normalized_score"]
-                snapshot["info"].update(best_normalized_score=self.best_score, history=list(self.history))
+            snapshot["info"].update(best_normalized_score=self.best_score, history=list(self.history))
+            self._evaluated = snapshot
+            if is_best:
                 self.save("best", snapshot["state"], snapshot["info"])
                 record["is_best"] = True
             if on_eval:
