@@ -27,20 +27,25 @@ def last_evaluation(tracking_uri, run_id):
 def test_slow_evaluations_hold_training_back_and_each_checkpoint_holds_its_step(tiny_job, service_env, tmp_path):
     # Each evaluation takes longer than a period of training: unchecked, a trial would train to
     # the end before its first report, and the checkpoint reported at step s would hold a later step.
-    job = tiny_job(trials=2, steps=400, eval_every=100, max_concurrent=2,
+    # One trial at a time, as in test_tune_local: ASHA's decisions depend on the seeded scores alone.
+    job = tiny_job(trials=4, steps=400, eval_every=100, max_concurrent=1,
                    resources={"cpus": 0.5, "evaluators": 1, "evaluator_cpus": 0.5})
-    env = {**service_env, EVAL_DELAY_ENV: "1.5"}
+    env = {**service_env, EVAL_DELAY_ENV: "1"}
     done = rlservice("tune", "run", job, "--name", "slow-evals", "--json", env=env, timeout=280)
     assert done.returncode == 0, done.stderr[-4000:]
     out = last_json(done.stdout)
     uri = service_env["MLFLOW_TRACKING_URI"]
 
     results = trial_results(tmp_path / "tune" / "slow-evals")
-    assert len(results) == 2
+    assert len(results) == 4
+    assert any(t["status"] == "early-stopped" for t in out["trials"]), "ASHA stopped no trial"
     for reports in results.values():
         for r in reports:  # never more than one period of training past the evaluation it reports
             assert r["step"] <= r["trained_steps"] <= r["step"] + 100, reports
     for trial in out["trials"]:
+        # Stopped at `steps`, the trial had trained at most one period further (its logged metrics say how far).
+        trained = max(m.step for m in MlflowClient(uri).get_metric_history(trial["run_id"], "critic_loss"))
+        assert trained <= trial["steps"] + 100, trial
         # The last score the searcher saw is the last evaluation of the trial's MLflow run.
         assert last_evaluation(uri, trial["run_id"]) == (trial["steps"], pytest.approx(trial["final_score"]))
         # The checkpoint reported with it holds that step: learner, and history up to it.
