@@ -85,11 +85,27 @@ class TrainResult:
         return out
 
 
+def check_device(device: str) -> None:
+    """Fail with one line when `device` is not a torch device this machine has."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"train.device={device}: not a torch device (cpu, cuda, cuda:N, mps)") from None
+    if parsed.type == "cuda":
+        if torch.version.cuda is None:
+            raise ConfigError(f"train.device={device}: this torch build has no CUDA (torch {torch.__version__})")
+        if torch.cuda.device_count() <= (parsed.index or 0):
+            raise ConfigError(f"train.device={device}: {torch.cuda.device_count()} CUDA device(s) visible")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device={device}: MPS is not available here")
+
+
 class Trainer:
     def __init__(self, run_config: RunConfig, run_dir: str | Path, data: OfflineData | None = None):
         self.config = run_config
         self.run_dir = Path(run_dir)
         t = run_config.train
+        check_device(t.device)
         self.data = data if data is not None else load_offline_data(run_config.dataset.id, download=run_config.dataset.download)
         d = self.data
         self.normalizer = (

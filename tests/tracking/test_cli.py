@@ -52,6 +52,7 @@ def test_train_logs_one_run_that_best_lists(mlflow_server, hopper_random_dataset
 
 def test_ui_serves_the_embedded_store_until_stopped(free_port, tmp_path):
     port = free_port()
+    (tmp_path / "store").mkdir()
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     ui = subprocess.Popen([sys.executable, "-m", "rlservice.cli", "ui", "--port", str(port), "--tracking-uri", uri],
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
