@@ -3,6 +3,7 @@ All cases run in one interpreter (cheap: each fails before any data, Ray or MLfl
 
 import argparse
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -70,13 +71,18 @@ def test_each_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path):
         "job name with a path": (["tune", "run", str(QUICKSTART), "--name", "../evil name"], "'../evil name'"),
         "resume name with a path": (["tune", "resume", "../evil"], "'../evil'"),
     }
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    cases["ui on a busy port"] = (["ui", "--port", str(busy.getsockname()[1])], "is not free")
     if torch.version.cuda is None:
         cases["cuda on a CPU build"] = ([*train, "--device", "cuda"], "has no CUDA")
     env = {"RLSERVICE_HOME": str(tmp_path / "home"), "RLSERVICE_STORAGE_PATH": str(tmp_path / "tune"),
            "MINARI_DATASETS_PATH": str(tmp_path / "minari"), "PATH": "/usr/bin:/bin"}
     before = tree(tmp_path)
-    probe = subprocess.run([sys.executable, "-c", PROBE, json.dumps([argv for argv, _ in cases.values()])],
-                           capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
+    with busy:
+        probe = subprocess.run([sys.executable, "-c", PROBE, json.dumps([argv for argv, _ in cases.values()])],
+                               capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
     assert probe.returncode == 0, probe.stderr
     for (case, (_, message)), result in zip(cases.items(), json.loads(probe.stdout.splitlines()[-1])):
         lines = result["stderr"].strip().splitlines()
@@ -84,3 +90,20 @@ def test_each_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (case, lines)
         assert "weights_only" not in lines[0], case
     assert tree(tmp_path) == before
+
+
+def test_an_unreachable_ray_address_fails_at_once_and_leaves_the_name_free(tmp_path):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tracking = tmp_path / "mlflow.db"
+    env = {"RLSERVICE_HOME": str(tmp_path / "home"), "RLSERVICE_STORAGE_PATH": str(tmp_path / "tune"),
+           "MINARI_DATASETS_PATH": str(tmp_path / "minari"), "PATH": "/usr/bin:/bin",
+           "RAY_ADDRESS": f"127.0.0.1:{port}", "MLFLOW_TRACKING_URI": f"sqlite:///{tracking}"}
+    # Ray would retry for ever: the timeout is the test's bound, far above the one connect attempt.
+    done = subprocess.run([sys.executable, "-m", "rlservice.cli", "tune", "run", str(QUICKSTART), "--name", "x"],
+                          capture_output=True, text=True, env=env, timeout=60, cwd=REPO)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith(f"error: cannot reach the Ray cluster at RAY_ADDRESS=127.0.0.1:{port}")
+    assert list(tmp_path.iterdir()) == []  # no MLflow run (no store), no job record: the name is free

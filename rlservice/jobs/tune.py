@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -74,6 +75,7 @@ def run_job(job: TuningJob, name: str | None = None, tracking_uri: str | None = 
     if (record_dir / JOB_FILE).exists():
         raise ConfigError(f"--name {name}: a job of that name exists in {record_dir}; "
                           f"continue it with `rlservice tune resume {name}` or choose another name")
+    check_cluster()
     uri = check_tracking(tracking_uri)
     job.run_config(action_dim=ensure_dataset(job.dataset, build_steps))
     target = start_job(uri, job, name)
@@ -100,6 +102,7 @@ def resume_job(name: str) -> JobOutcome:
         raise RLServiceError(f"job {name!r} has finished; nothing to resume (its trials are in {experiment_uri(name)})")
     job = validate_job(saved["job"])
     target = JobTracking(**saved["tracking"])
+    check_cluster()
     check_tracking(target.uri)
     ensure_dataset(job.dataset)
 
@@ -112,6 +115,22 @@ def resume_job(name: str) -> JobOutcome:
     start = time.monotonic()
     trials = tuner.refit(job, target, experiment)
     return _conclude(job, target, name, trials, time.monotonic() - start, observed)
+
+
+def check_cluster(timeout: float = 5.0) -> None:
+    """With RAY_ADDRESS set, fail with one line unless its GCS port answers (ray.init would retry
+    for ever), before the job takes its name or opens an MLflow run."""
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address in ("", "auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except ValueError:
+        raise ConfigError(f"RAY_ADDRESS={address}: expected HOST:PORT of the cluster's head") from None
+    except OSError as exc:
+        raise RLServiceError(f"cannot reach the Ray cluster at RAY_ADDRESS={address}: "
+                             f"{exc.strerror or 'no answer in time'}") from None
 
 
 def _conclude(job: TuningJob, target: JobTracking, name: str, trials: list[dict[str, Any]], wall: float,
