@@ -223,7 +223,7 @@ class Trainer:
         self._stop_requested = False
         bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
         metrics: dict[str, torch.Tensor] = {}
-        with _stop_on_signals(self.request_stop):
+        with stop_on_signals(self.request_stop):
             tick = time.perf_counter()
             while self.learner.steps < t.steps:
                 if self._stop_requested:
@@ -322,7 +322,7 @@ def evaluation_record(step: int, evaluations: list[Evaluation]) -> dict[str, Any
 
 
 @contextmanager
-def _stop_on_signals(stop: Callable[[], None]):
+def stop_on_signals(stop: Callable[[], None]):
     """Turn SIGINT/SIGTERM into a stop at the next step boundary (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
