@@ -15,14 +15,18 @@ know of it) is ended `interrupted` (KILLED) and tagged `continued_in` with the r
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from mlflow.exceptions import MlflowException
 
 from rlservice.config.run import RunConfig
 from rlservice.config.tuning import TuningJob
 from rlservice.tracking import runs, store
 
+log = logging.getLogger(__name__)
 RUN_FILE = "mlflow-run.json"  # in the trial's run directory, so it travels with its checkpoints
 
 
@@ -83,9 +87,13 @@ def end_superseded(target: JobTracking, trials: list[dict[str, Any]]) -> None:
     last heard of). Called by the driver when it stops, finished or not."""
     client = store.client(target.uri)
     final = {t["name"]: t["run_id"] for t in trials if t.get("run_id")}
-    parent = client.get_run(target.parent_run_id)
-    children = client.search_runs([parent.info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{target.parent_run_id}'", max_results=10_000)
+    try:
+        parent = client.get_run(target.parent_run_id)
+        children = client.search_runs([parent.info.experiment_id],
+                                      f"tags.mlflow.parentRunId = '{target.parent_run_id}'", max_results=10_000)
+    except MlflowException as exc:  # the store is down: the next driver of the job sweeps again
+        log.warning("could not end the job's open trial runs: %s", store.error_line(exc))
+        return
     for run in children:
         successor = final.get(run.data.tags.get("tune_trial"))
         replaced = successor not in (None, run.info.run_id)
