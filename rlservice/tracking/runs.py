@@ -37,7 +37,7 @@ KIND_TAG = "rlservice.kind"  # job | trial | train
 RUN_STATUS = {"completed": "FINISHED", "early-stopped": "FINISHED", "interrupted": "KILLED",
               "diverged": "FAILED", "failed": "FAILED"}
 RANKED = ("completed", "early-stopped")  # statuses whose runs are ranked and may be registered
-TRAIN_RUN_FILE = "mlflow-run.json"  # in a `train` run's directory, next to latest/ and best/
+RUN_FILE = "mlflow-run.json"  # a run directory's MLflow run id, next to latest/ and best/
 RETRY_FIRST_S, RETRY_MAX_S = 2.0, 15.0
 START_DEADLINE_S = 60.0
 FINISH_DEADLINE_S = 120.0
@@ -250,7 +250,7 @@ def log_training_run(uri: str, experiment: str, trainer, *, name: str | None = N
     """Run `trainer` with one MLflow run of its own: params, metrics at every log and evaluation,
     the best checkpoint, status and learning curve. Returns (TrainResult, run id). The run's id is
     kept in the run directory: a resumed run is tagged `resumed_from` with the run it continues."""
-    run_file = trainer.run_dir / TRAIN_RUN_FILE
+    run_file = trainer.run_dir / RUN_FILE
     if run_file.is_file():
         tags = {**(tags or {}), "resumed_from": json.loads(run_file.read_text())["run_id"]}
     run = TrialRun(uri, experiment, None, name or trainer.run_dir.name,

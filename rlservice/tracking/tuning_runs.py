@@ -27,7 +27,7 @@ from rlservice.config.tuning import TuningJob
 from rlservice.tracking import runs, store
 
 log = logging.getLogger(__name__)
-RUN_FILE = "mlflow-run.json"  # in the trial's run directory, so it travels with its checkpoints
+RUN_FILE = runs.RUN_FILE  # in the trial's run directory, so it travels with its checkpoints
 
 
 @dataclass(frozen=True)
