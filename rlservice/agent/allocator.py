@@ -22,8 +22,12 @@ MMAP_THRESHOLD = 32 * 2**20  # glibc's largest: HEAP_MAX_SIZE / 2 on 64-bit
 TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int
 
 
+_applied = False
+
+
 def retain_freed_memory() -> bool:
     """Apply the settings to this process; False where the C library is not glibc."""
+    global _applied
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -31,4 +35,10 @@ def retain_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    _applied = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    return _applied
+
+
+def applied() -> bool:
+    """Whether this process runs with the settings (glibc accepted both)."""
+    return _applied

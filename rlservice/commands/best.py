@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
+from rlservice.errors import RLServiceError
+
 
 def _best(args: argparse.Namespace) -> int:
     from rlservice.tracking.runs import best_runs
     from rlservice.tracking.store import check_reachable, resolve_tracking_uri
 
+    if args.top < 1:
+        raise RLServiceError(f"--top {args.top}: how many configs to show must be at least 1")
     uri = resolve_tracking_uri(args.tracking_uri)
     check_reachable(uri)
     rows = best_runs(uri, args.experiment, args.dataset, args.top)

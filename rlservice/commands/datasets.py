@@ -27,19 +27,21 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from rlservice.data.minari_io import list_local_datasets, read_metadata
+    from rlservice.data.minari_io import damage, list_local_datasets, read_metadata
 
     rows = []
     for dataset_id in list_local_datasets():
         metadata = read_metadata(dataset_id)
-        rows.append({"id": dataset_id, "episodes": metadata.get("total_episodes"), "steps": metadata.get("total_steps")})
+        rows.append({"id": dataset_id, "episodes": metadata.get("total_episodes"), "steps": metadata.get("total_steps"),
+                     "damaged": damage(dataset_id)})
     if args.json:
         print(json.dumps(rows))
         return 0
     width = max([len(r["id"]) for r in rows] + [2])
-    print(f"{'ID':<{width}}  {'EPISODES':>9}  {'STEPS':>10}")
+    print(f"{'ID':<{width}}  {'EPISODES':>9}  {'STEPS':>10}  STATUS")
     for r in rows:
-        print(f"{r['id']:<{width}}  {r['episodes']:>9}  {r['steps']:>10}")
+        status = f"damaged: {r['damaged']}" if r["damaged"] else "ok"
+        print(f"{r['id']:<{width}}  {r['episodes']:>9}  {r['steps']:>10}  {status}")
     return 0
 
 

@@ -13,10 +13,16 @@ from pathlib import Path
 
 from rlservice.errors import ConfigError, RLServiceError
 
-USAGE = "rlservice finetune [submit] MODEL_URI --online-steps N [options]"
+USAGE = "rlservice finetune [submit] MODEL_URI --online-steps N [options] | rlservice finetune --resume RUN_DIR"
 # Flags passed on as they are to the command a submitted job runs.
 _FORWARDED = ("online_steps", "utd", "offline_ratio", "exploration_std", "rollout_workers", "eval_every",
               "eval_episodes", "tracking_uri", "experiment", "seed")
+
+
+class FinetuneInterrupted(RLServiceError):
+    """Stopped by Ctrl-C / SIGTERM (or at --online-steps on a resume) with a checkpoint to resume from."""
+
+    exit_code = 130
 
 
 def _finetune(args: argparse.Namespace) -> int:
@@ -25,18 +31,21 @@ def _finetune(args: argparse.Namespace) -> int:
         raise ConfigError("--resume continues a run on this machine; it cannot be submitted")
     if args.address and not submit:
         raise ConfigError("--address is for `rlservice finetune submit`")
+    if args.resume is None and args.online_steps is None:
+        raise ConfigError("--online-steps N is required: how many env steps to fine-tune for")
     from rlservice.config.run import parse_overrides
     from rlservice.jobs.finetune import settings
 
     values = {k: getattr(args, k) for k in ("utd", "offline_ratio", "exploration_std", "rollout_workers", "eval_every",
                                             "eval_episodes", "seed", "experiment") if getattr(args, k) is not None}
-    settings(args.online_steps, overrides=parse_overrides(args.set), **values)  # bad input fails here, before anything
+    # bad input fails here, before anything (a resumed run keeps the settings it started with)
+    settings(args.online_steps or 1, overrides=parse_overrides(args.set), **values)
     if submit:
         return _submit(args, model)
     from rlservice.jobs import finetune
 
     if args.resume:
-        result = finetune.resume(args.resume, progress=not args.no_progress)
+        result = finetune.resume(args.resume, stop_at=args.online_steps, progress=not args.no_progress)
     else:
         result = finetune.finetune(model, args.online_steps, tracking_uri=args.tracking_uri, run_dir=args.out,
                                    progress=not args.no_progress, overrides=parse_overrides(args.set),
@@ -48,13 +57,19 @@ def _finetune(args: argparse.Namespace) -> int:
         registered = f"registered {result.model} version {result.new_version}" if result.new_version else "not registered"
         print(f"{result.status}: {result.online_steps} env steps, {result.updates} updates; normalised score "
               f"{fmt(result.score_before)} -> {fmt(result.score_after)}; {registered}; run dir {result.run_dir}")
+    if result.status == "interrupted":
+        raise FinetuneInterrupted(f"fine-tuning interrupted at env step {result.online_steps}, checkpoint saved; "
+                                  f"continue it with `rlservice finetune --resume {result.run_dir}`")
     return 0 if result.status == "completed" else 3
 
 
 def _words(args: argparse.Namespace) -> tuple[bool, str]:
-    """`MODEL_URI` or `submit MODEL_URI` (argparse cannot mix a sub-command with a positional)."""
+    """`MODEL_URI` or `submit MODEL_URI` (argparse cannot mix a sub-command with a positional);
+    nothing with --resume (a model named there too is the run's own: ignored)."""
     words = args.words
-    if words[0] == "submit" and len(words) == 2:
+    if args.resume and len(words) <= 1:
+        return False, None
+    if words and words[0] == "submit" and len(words) == 2:
         if not args.address:
             raise ConfigError("finetune submit needs --address, the cluster's dashboard URL (e.g. http://HEAD:8265)")
         return True, words[1]
@@ -104,8 +119,8 @@ def register(sub) -> None:
                        description="Fine-tune models:/NAME@ALIAS or models:/NAME/VERSION online and register the "
                                    "result as a new version (alias `finetuned`). `finetune submit MODEL_URI ... "
                                    "--address URL` runs the same command as a Ray job on a cluster.")
-    p.add_argument("words", nargs="+", metavar="[submit] MODEL_URI")
-    p.add_argument("--online-steps", type=int, required=True, help="env steps in total")
+    p.add_argument("words", nargs="*", metavar="[submit] MODEL_URI")
+    p.add_argument("--online-steps", type=int, help="env steps in total (with --resume: stop there, default the run's own)")
     p.add_argument("--utd", type=int, help="learner updates per env step (default: the method's regime, "
                                            "PARS 20, DMG 1; see `rlservice presets show`)")
     p.add_argument("--offline-ratio", type=_ratio, help="fraction of each batch from the offline data, or `uniform` "

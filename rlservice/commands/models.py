@@ -56,9 +56,10 @@ def _score(tag: str | None) -> str:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from rlservice.tracking.export import export_policy, policy_from_checkpoint
+    from rlservice.tracking.export import check_output_path, export_policy, policy_from_checkpoint
     from rlservice.tracking.registry import download_checkpoint
 
+    check_output_path(args.out)
     uri = _uri(args)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint, version = download_checkpoint(uri, args.model, tmp)

@@ -17,7 +17,7 @@ _TRAIN_FLAGS = {"steps": "train.steps", "seed": "train.seed", "num_seeds": "trai
 def _train(args: argparse.Namespace) -> int:
     from rlservice.config.run import build_run_config, load_yaml, parse_overrides
     from rlservice.data.minari_io import load_offline_data
-    from rlservice.training.trainer import Trainer
+    from rlservice.training.trainer import Trainer, check_device
 
     uri = None
     if not args.no_tracking:
@@ -29,11 +29,14 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.set or args.preset or args.dataset or args.config:
             raise RLServiceError("--resume continues a run as it was: only --steps, --eval-*, --log-every and --device may change")
+        if args.device:
+            check_device(args.device)
         trainer = Trainer.from_checkpoint(args.resume, **budget)
     else:
         spec = load_yaml(args.config) if args.config else {}
         overrides = {**parse_overrides(args.set), **{f"train.{k}": v for k, v in budget.items()}}
         checked = build_run_config(args.dataset, args.preset, spec, overrides)  # bad input fails before any data is read
+        check_device(checked.train.device)
         data = load_offline_data(checked.dataset.id, download=checked.dataset.download)
         run_config = build_run_config(args.dataset, args.preset, spec, overrides, action_dim=data.actions.shape[1])
         stamp = time.strftime("%Y%m%d-%H%M%S")

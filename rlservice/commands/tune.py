@@ -14,9 +14,11 @@ from typing import Any
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rlservice.config.tuning import load_job
+    from rlservice.config.tuning import check_job_name, load_job
 
     job = load_job(args.job, args.set)
+    if args.name:
+        check_job_name(args.name)
     from rlservice.jobs.tune import (
         run_job,  # only now: a bad job file fails before MLflow and Ray load
     )
@@ -34,8 +36,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
+    from rlservice.config.tuning import check_job_name
     from rlservice.jobs.tune import resume_job
 
+    check_job_name(args.name, "job name")
     with _driver_output(args.json):
         outcome = resume_job(args.name)
     _show(outcome.to_json(), args.json)
@@ -43,9 +47,11 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from rlservice.config.tuning import load_job
+    from rlservice.config.tuning import check_job_name, load_job
 
     job = load_job(args.job, args.set)
+    if args.name:
+        check_job_name(args.name)
     from rlservice.runtime.submission import (
         submit,  # only now: a bad job file fails before Ray loads
     )

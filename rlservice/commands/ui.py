@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ def _ui(args: argparse.Namespace) -> int:
     if uri.startswith(("http://", "https://")):
         print(f"{uri} is a tracking server: its UI is at {uri}")
         return 0
+    _check_port_free(args.port)
     check_reachable(uri)
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
                "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
@@ -57,6 +59,17 @@ def _ui(args: argparse.Namespace) -> int:
     finally:
         _stop(server)
     return 0
+
+
+def _check_port_free(port: int) -> None:
+    from rlservice.errors import RLServiceError
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise RLServiceError(f"--port {port}: 127.0.0.1:{port} is not free ({exc.strerror}); "
+                                 "choose another port") from None
 
 
 def _stop(server: subprocess.Popen) -> None:

@@ -14,6 +14,7 @@ A knob is sampled only where it has an effect:
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -132,8 +133,19 @@ class MlflowSpec(_Spec):
     registered_model: str = Field(min_length=1)
 
 
+JOB_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # also a directory name under $RLSERVICE_HOME/tune
+
+
+def check_job_name(name: str, source: str = "--name") -> str:
+    """A job name given outside the YAML (`--name`) obeys the YAML `name` pattern."""
+    if not re.match(JOB_NAME_PATTERN, name):
+        raise ConfigError(f"{source} {name!r}: a job name is letters, digits, '_', '.' and '-', "
+                          "starting with a letter or digit")
+    return name
+
+
 class TuningJob(_Spec):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(min_length=1, pattern=JOB_NAME_PATTERN)
     description: str = ""
     dataset: DatasetSpec
     preset: str | None = None

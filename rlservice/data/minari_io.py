@@ -125,6 +125,35 @@ def read_metadata(dataset_id: str) -> dict:
         raise DatasetError(f"dataset {dataset_id} not found locally in {get_dataset_path()}") from None
 
 
+def damage(dataset_id: str) -> str | None:
+    """Why a local dataset's episode files cannot be read (missing, truncated), else None. Reads
+    each file's structure (an Arrow file's footer, an HDF5 file's superblock), not its data."""
+    data = get_dataset_path(dataset_id) / "data"
+    episodes = int(read_metadata(dataset_id).get("total_episodes") or 0)
+    hdf5 = data / "main_data.hdf5"
+    try:
+        if hdf5.is_file():
+            import h5py
+
+            with h5py.File(hdf5, "r") as f:
+                found = len(f.keys())
+            if found != episodes:
+                return f"{hdf5.name} holds {found} of {episodes} episodes"
+            return None
+        import pyarrow.ipc
+
+        for i in range(episodes):
+            files = sorted((data / str(i)).glob("*.arrow"))
+            if not files:
+                return f"episode {i} has no file"
+            for path in files:
+                with pyarrow.ipc.open_file(path):
+                    pass
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        return _reason(exc)
+    return None
+
+
 # ---------------------------------------------------------------- environments and rollouts
 
 

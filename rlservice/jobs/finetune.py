@@ -14,6 +14,11 @@ Every `eval_every` env steps the policy is evaluated and the run checkpointed. R
 past that point: there the workers are drained and the learner catches up, so a checkpoint holds
 a whole number of env steps, exactly `utd` updates for each, and every transition collected so
 far (`--resume` then loses no experience; the workers start fresh episodes).
+
+Ctrl-C or SIGTERM stops at the next update: the rollouts in flight are received, the evaluation
+in flight is waited for, and `latest` is saved with the online buffer (its learner may then be
+short of `utd` updates per env step: a resumed run catches up first). The run ends `interrupted`
+(MLflow KILLED); `--resume` continues in a new MLflow run tagged `resumed_from_run`.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from rlservice.runtime.evaluators import RayEvaluator
 from rlservice.runtime.rollout import Rollout, RolloutPool
 from rlservice.runtime.session import ray_session
 from rlservice.tracking import registry, runs, store
-from rlservice.training.trainer import Trainer, evaluation_record
+from rlservice.training.trainer import Trainer, evaluation_record, stop_on_signals
 
 FINETUNED = "finetuned"  # the alias of the latest fine-tuned version
 LATEST, PROGRESS, ONLINE_BUFFER = "latest", "finetune.json", "online.pt"
@@ -225,6 +230,10 @@ def resume(run_dir: str | Path, *, stop_at: int | None = None, progress: bool = 
     if not (checkpoint / PROGRESS).is_file():
         raise RLServiceError(f"{str(run_dir)!r} holds no fine-tuning checkpoint (expected {LATEST}/{PROGRESS})")
     state = json.loads((checkpoint / PROGRESS).read_text())
+    total = state["settings"]["online_steps"]
+    if stop_at is not None and not state["env_steps"] < stop_at <= total:
+        raise ConfigError(f"--online-steps {stop_at}: the run is at env step {state['env_steps']} of the "
+                          f"{total} it was started with (its online buffer holds no more)")
     store.check_reachable(state["tracking_uri"])
     trainer = Trainer.from_checkpoint(checkpoint, run_dir=run_dir)
     buffer = torch.load(checkpoint / ONLINE_BUFFER, weights_only=True)
@@ -255,6 +264,10 @@ class _Session:
         self.decay, self.exploration_std = s.dmg_decay, s.exploration_std  # filled in by `regime`
         self.actor_shape = (cfg.actor_hidden, cfg.actor_layers, cfg.actor_layernorm)
         self.metrics: dict[str, torch.Tensor] = {}
+        self.stop_requested = False
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
 
     def run(self, stop_at: int | None, progress: bool) -> FinetuneResult:
         s, started = self.s, time.monotonic()
@@ -275,14 +288,21 @@ class _Session:
             try:
                 if self.env_steps == 0:
                     evaluator.submit(0, self.trainer.policies())  # the registered policy: the score before
-                while self.env_steps < target:
-                    boundary = min(target, (self.env_steps // s.eval_every + 1) * s.eval_every)
-                    if not self._advance(pool, boundary):
-                        status = "diverged"
-                        break
-                    evaluator.submit(self.env_steps, self.trainer.policies())
-                    self._collect(evaluator.finished())
-                    self._save()
+                with stop_on_signals(self.request_stop):  # set after Ray's start, whose handlers it replaces
+                    while self.env_steps < target:
+                        boundary = min(target, (self.env_steps // s.eval_every + 1) * s.eval_every)
+                        if not self._advance(pool, boundary):
+                            status = "diverged"
+                            break
+                        if self.stop_requested and self.env_steps < boundary:
+                            status = "interrupted"
+                            break
+                        evaluator.submit(self.env_steps, self.trainer.policies())
+                        self._collect(evaluator.finished())
+                        self._save()
+                        if self.stop_requested:
+                            status = "interrupted" if self.env_steps < s.online_steps else status
+                            break
             except BaseException:
                 self.mlflow.finish("failed", self.history)
                 raise
@@ -308,13 +328,21 @@ class _Session:
     # ----------------------------------------------------------------- collecting and learning
     def _advance(self, pool: RolloutPool, boundary: int) -> bool:
         """Collect up to env step `boundary` while updating; return with the learner caught up
-        (False if it diverged). Workers run at most one call each ahead of the learner."""
+        (False if it diverged), or short of the boundary once a stop is requested. Workers run at
+        most one call each ahead of the learner."""
         s, lead = self.s, self.s.rollout_workers * self.s.steps_per_call
         submitted, sent = self.env_steps, None
         while self.env_steps < boundary or self.updates < s.utd * self.env_steps:
+            if self.stop_requested and pool.in_flight:  # keep what was collected, submit no more
+                for rollout in pool.wait():
+                    self._receive(rollout)
+                continue
+            if self.stop_requested and self.env_steps < boundary:
+                return True  # the updates these env steps are owed come after a resume
+            # (at the boundary itself the learner catches up and the boundary is evaluated as usual)
             for rollout in pool.poll():
                 self._receive(rollout)
-            while pool.idle and submitted < min(boundary, self.updates / s.utd + lead):
+            while pool.idle and not self.stop_requested and submitted < min(boundary, self.updates / s.utd + lead):
                 if sent != self.learner.steps:
                     pool.set_policy(self.trainer.policies()[0].state_dict())
                     sent = self.learner.steps

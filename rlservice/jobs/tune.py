@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from rlservice.paths import home
 from rlservice.tracking.tuning_runs import (
     JobTracking,
     check_tracking,
+    end_superseded,
     finish_job,
     log_ope_quality,
     start_job,
@@ -77,6 +79,7 @@ def run_job(job: TuningJob, name: str | None = None, tracking_uri: str | None = 
     if (record_dir / JOB_FILE).exists():
         raise ConfigError(f"--name {name}: a job of that name exists in {record_dir}; "
                           f"continue it with `rlservice tune resume {name}` or choose another name")
+    check_cluster()
     uri = check_tracking(tracking_uri)
     job.run_config(action_dim=ensure_dataset(job.dataset, build_steps, require_env=not job.offline))
     target = start_job(uri, job, name)
@@ -103,6 +106,7 @@ def resume_job(name: str) -> JobOutcome:
         raise RLServiceError(f"job {name!r} has finished; nothing to resume (its trials are in {experiment_uri(name)})")
     job = validate_job(saved["job"])
     target = JobTracking(**saved["tracking"])
+    check_cluster()
     check_tracking(target.uri)
     ensure_dataset(job.dataset, require_env=not job.offline)
 
@@ -117,10 +121,27 @@ def resume_job(name: str) -> JobOutcome:
     return _conclude(job, target, name, trials, time.monotonic() - start, observed)
 
 
+def check_cluster(timeout: float = 5.0) -> None:
+    """With RAY_ADDRESS set, fail with one line unless its GCS port answers (ray.init would retry
+    for ever), before the job takes its name or opens an MLflow run."""
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address in ("", "auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except ValueError:
+        raise ConfigError(f"RAY_ADDRESS={address}: expected HOST:PORT of the cluster's head") from None
+    except OSError as exc:
+        raise RLServiceError(f"cannot reach the Ray cluster at RAY_ADDRESS={address}: "
+                             f"{exc.strerror or 'no answer in time'}") from None
+
+
 def _conclude(job: TuningJob, target: JobTracking, name: str, trials: list[dict[str, Any]], wall: float,
               observed: int) -> JobOutcome:
     finished = [t for t in trials if t["status"] != "unfinished"]
     if len(finished) < job.trials:
+        end_superseded(target, trials)  # the runs of stopped trials: a resume continues them in new runs
         raise JobInterrupted(
             f"job {name!r} interrupted with {len(finished)} of {job.trials} trials finished; "
             f"continue it with `rlservice tune resume {name}`"

@@ -1,12 +1,15 @@
 """Evaluation in Ray actors, overlapped with training (the Trainer's `Evaluator` protocol).
 
 `submit` hands each seed's policy weights to the least busy actor and returns at once; the
-trainer keeps stepping while the actors roll out episodes. Results are released in the order
-they were submitted, so evaluations reach the trial (and ASHA) with increasing steps.
+trainer keeps stepping while the actors roll out episodes, but never more than one evaluation
+period past the oldest unfinished one (`wait(keep=1)`). Results are released in the order they
+were submitted, so evaluations reach the trial (and ASHA) with increasing steps.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from collections import deque
 
 import ray
@@ -15,6 +18,9 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlservice.agent.policy import Policy
 from rlservice.training.evaluation import Evaluation, evaluate
+
+# Seconds each evaluation waits before it starts: lets tests make evaluations slower than training.
+EVAL_DELAY_ENV = "RLSERVICE_TEST_EVAL_DELAY_S"
 
 
 @ray.remote
@@ -30,6 +36,7 @@ class EvaluationActor:
         self.actor_shape = actor_shape
 
     def evaluate(self, policy_state: dict) -> Evaluation:
+        time.sleep(float(os.environ.get(EVAL_DELAY_ENV, 0)))
         return evaluate(Policy.from_state_dict(policy_state, *self.actor_shape), *self.args)
 
 
@@ -83,10 +90,12 @@ class RayEvaluator:
             self.pending.popleft()
         return done
 
-    def wait(self) -> list[tuple[int, list[Evaluation]]]:
-        done = [(step, self._take(refs)) for step, refs in self.pending]
-        self.pending.clear()
-        return done
+    def wait(self, keep: int = 0) -> list[tuple[int, list[Evaluation]]]:
+        done = []
+        while len(self.pending) > keep:
+            step, refs = self.pending.popleft()
+            done.append((step, self._take(refs)))
+        return done + self.finished()
 
     def close(self) -> None:
         for actor in self.actors:

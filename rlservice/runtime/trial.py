@@ -2,8 +2,10 @@
 
 The learner is a single process and stays in the trial itself. After every evaluation the trial
 reports `score` (mean normalised score over its seeds) and a checkpoint directory holding
-`best/` (the best evaluation's weights) and `latest/` (where a retry resumes). A retry reads
-`tune.get_checkpoint()` and continues from `latest/`.
+`best/` (the best evaluation's weights) and `latest/` (where a retry resumes: the state of the
+step just evaluated, although training has moved on while the evaluation ran). A retry reads
+`tune.get_checkpoint()` and continues from `latest/`, so the scores the searcher and the
+scheduler see are those of one unbroken run.
 
 With `selection: offline` the evaluations are Fitted Q Evaluations (`training/fqe.py`) in the
 trial's own process, and nothing creates an environment; with `offline_evaluation` under online
@@ -129,7 +131,7 @@ class _Reporter:
                 record = {**record, **self.fqe_of_policies()}
             logged = {k: v for k, v in record.items() if k != "step"}
         self.tracking.log_metrics(step, {k: float(v) for k, v in logged.items()})
-        self.trainer.save("latest")
+        self.trainer.save_evaluated("latest")  # the state of `step`, not of the step training has reached
         if final:
             self.tracking.finish("completed", self.trainer.history, self.trainer.run_dir / "best")
         self.report(record, "completed" if final else "running")
@@ -155,6 +157,7 @@ class _Reporter:
         best = max(self.trainer.history, key=lambda h: h["normalized_score"], default=None)
         return {
             "step": step,
+            "trained_steps": self.trainer.learner.steps,  # where training is while `step` is reported
             "score": score,
             "best_score": best["normalized_score"] if best else None,
             "best_score_std": best["normalized_score_std"] if best else None,

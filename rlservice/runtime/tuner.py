@@ -113,6 +113,7 @@ def _row(job: TuningJob, trial: Trial) -> dict[str, Any]:
     best = Path(checkpoint.path) / "best" if checkpoint is not None else None
     return {
         "trial": trial.trial_id,
+        "name": str(trial),  # the trial's name, as its MLflow runs are tagged (`tune_trial`)
         "run_id": last.get("mlflow_run_id"),
         "status": _status(job, trial, last),
         "score": last.get("best_score"),

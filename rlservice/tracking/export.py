@@ -53,13 +53,19 @@ class PolicyModule(nn.Module):
         return self.low + (unit + 1.0) * 0.5 * (self.high - self.low)
 
 
+def check_output_path(out: str | Path) -> None:
+    """A file the user names goes into a directory that exists: a typo must not create directories."""
+    if not Path(out).parent.is_dir():
+        raise RLServiceError(f"--out {out}: directory {Path(out).parent} does not exist")
+
+
 def export_policy(policy: Policy, fmt: str, out: str | Path) -> Path:
     """Write `policy` as a TorchScript (`torch.jit.load`) or ONNX file (input `observations`,
     float32 [batch, obs_dim]; output `actions`)."""
     if fmt not in FORMATS:
         raise RLServiceError(f"--format {fmt!r} is unknown; choose one of {', '.join(FORMATS)}")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_output_path(out)
     module = PolicyModule(policy).eval()
     example = torch.zeros(2, policy.normalizer.mean.shape[0])
     with torch.no_grad():

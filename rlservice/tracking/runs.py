@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 import numbers
 import subprocess
@@ -36,6 +37,7 @@ KIND_TAG = "rlservice.kind"  # job | trial | train
 RUN_STATUS = {"completed": "FINISHED", "early-stopped": "FINISHED", "interrupted": "KILLED",
               "diverged": "FAILED", "failed": "FAILED"}
 RANKED = ("completed", "early-stopped")  # statuses whose runs are ranked and may be registered
+RUN_FILE = "mlflow-run.json"  # a run directory's MLflow run id, next to latest/ and best/
 RETRY_FIRST_S, RETRY_MAX_S = 2.0, 15.0
 START_DEADLINE_S = 60.0
 FINISH_DEADLINE_S = 120.0
@@ -251,9 +253,15 @@ class TrialRun:
 def log_training_run(uri: str, experiment: str, trainer, *, name: str | None = None, tags: dict | None = None,
                      progress: bool = True):
     """Run `trainer` with one MLflow run of its own: params, metrics at every log and evaluation,
-    the best checkpoint, status and learning curve. Returns (TrainResult, run id)."""
+    the best checkpoint, status and learning curve. Returns (TrainResult, run id). The run's id is
+    kept in the run directory: a resumed run is tagged `resumed_from` with the run it continues."""
+    run_file = trainer.run_dir / RUN_FILE
+    if run_file.is_file():
+        tags = {**(tags or {}), "resumed_from": json.loads(run_file.read_text())["run_id"]}
     run = TrialRun(uri, experiment, None, name or trainer.run_dir.name,
                    run_params(trainer.config, action_dim=int(trainer.data.actions.shape[1])), tags)
+    trainer.run_dir.mkdir(parents=True, exist_ok=True)
+    run_file.write_text(json.dumps({"run_id": run.run_id}))
     try:
         result = trainer.run(on_log=run.log_metrics, on_eval=run.log_metrics, progress=progress)
     except BaseException:

@@ -38,10 +38,18 @@ def client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
+# Stores MLflow can track to (a database URL may name its driver: postgresql+psycopg2://).
+SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc")
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail with one line when an HTTP tracking server does not answer or refuses us; create the
-    directories of a local store."""
+    """Fail with one line when the URI names no store MLflow knows, an HTTP tracking server does
+    not answer or refuses us, or a local store's directory is missing (only the embedded default
+    store under rlservice's home is created: a path the user gives must lie in a directory that exists)."""
     parsed = urlparse(uri)
+    if parsed.scheme.split("+")[0] not in SCHEMES:
+        raise TrackingError(f"tracking URI {uri}: unknown scheme {parsed.scheme!r} "
+                            "(use http(s)://HOST:PORT, sqlite:///PATH, file:PATH or a database URL)")
     if parsed.scheme in ("http", "https"):
         try:
             response = requests.get(uri.rstrip("/") + "/health", timeout=timeout)
@@ -57,9 +65,15 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     elif parsed.scheme == "sqlite":
         path = uri.removeprefix("sqlite:///")
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if Path(path) == home() / "mlflow.db":
+                home().mkdir(parents=True, exist_ok=True)
+            elif not Path(path).parent.is_dir():
+                raise TrackingError(f"tracking URI {uri}: directory {Path(path).parent} does not exist")
     elif parsed.scheme in ("", "file"):
-        Path(parsed.path).mkdir(parents=True, exist_ok=True)
+        directory = Path(parsed.path)
+        if not directory.parent.is_dir():
+            raise TrackingError(f"tracking URI {uri}: directory {directory.parent} does not exist")
+        directory.mkdir(exist_ok=True)
 
 
 def local_artifact_root(uri: str) -> Path | None:

@@ -7,21 +7,27 @@ A trial's run is finished by the trial itself when it completes or diverges. Run
 process can finish any more are ended from outside: by a retried trial (the run of the attempt
 that was cut short: `interrupted`) and by the driver at the end, with the status Tune gives the
 trial (ASHA stopped it: `early-stopped`; it failed for good: `failed`; the scheduler stopped it
-at its very last report: `completed`).
+at its very last report: `completed`). When the driver stops, however it stops, it ends every
+child run still RUNNING: a superseded attempt's run (a retry that found no checkpoint could not
+know of it) is ended `interrupted` (KILLED) and tagged `continued_in` with the run that replaced it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from mlflow.exceptions import MlflowException
 
 from rlservice.config.run import RunConfig
 from rlservice.config.tuning import TuningJob
 from rlservice.tracking import runs, store
 
-RUN_FILE = "mlflow-run.json"  # in the trial's run directory, so it travels with its checkpoints
+log = logging.getLogger(__name__)
+RUN_FILE = runs.RUN_FILE  # in the trial's run directory, so it travels with its checkpoints
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ def finish_job(target: JobTracking, job: TuningJob, trials: list[dict[str, Any]]
     for trial in trials:
         if trial["run_id"]:
             end_run(target, trial["run_id"], trial["status"], trial["score"], trial["score_std"])
+    end_superseded(target, trials)
     return runs.finish_job(
         target.uri, target.parent_run_id, trials, model_name=job.mlflow.registered_model,
         dataset_id=job.dataset.id, preset=job.preset, searched=list(job.search_space),
@@ -103,6 +110,30 @@ def end_run(target: JobTracking, run_id: str, status: str, score: float | None =
     client.set_terminated(run_id, runs.RUN_STATUS[status])
 
 
+def end_superseded(target: JobTracking, trials: list[dict[str, Any]]) -> None:
+    """End every child run of the job still RUNNING as `interrupted` and tag each run of an attempt
+    that another run replaced with `continued_in` (trials: rows with `name` and the `run_id` Tune
+    last heard of). Called by the driver when it stops, finished or not."""
+    client = store.client(target.uri)
+    final = {t["name"]: t["run_id"] for t in trials if t.get("run_id")}
+    try:
+        parent = client.get_run(target.parent_run_id)
+        children = client.search_runs([parent.info.experiment_id],
+                                      f"tags.mlflow.parentRunId = '{target.parent_run_id}'", max_results=10_000)
+    except MlflowException as exc:  # the store is down: the next driver of the job sweeps again
+        log.warning("could not end the job's open trial runs: %s", store.error_line(exc))
+        return
+    for run in children:
+        successor = final.get(run.data.tags.get("tune_trial"))
+        replaced = successor not in (None, run.info.run_id)
+        tags = {"continued_in": successor} if replaced and "continued_in" not in run.data.tags else {}
+        if run.info.status == "RUNNING":
+            end_run(target, run.info.run_id, "interrupted", tags=tags)
+        else:
+            for key, value in tags.items():
+                client.set_tag(run.info.run_id, key, value)
+
+
 def _ended(client, run_id: str) -> bool:
     return client.get_run(run_id).info.status != "RUNNING"
 
@@ -121,13 +152,15 @@ class TrialTracking:
         """Start the trial's run; on a retry, end the run of the attempt that was cut short."""
         run_file = run_dir / RUN_FILE
         previous = json.loads(run_file.read_text())["run_id"] if run_file.is_file() else None
-        if previous and _ended(store.client(target.uri), previous):
+        client = store.client(target.uri)
+        if previous and _ended(client, previous) and client.get_run(previous).data.tags.get("status") != "interrupted":
             return cls(None, previous)
         params = {**runs.run_params(run_config, action_dim), "searched": knobs}
         run = runs.TrialRun(target.uri, target.experiment, target.parent_run_id, name, params,
                                 tags={"tune_trial": name, "ray_node_id": node_id})
         if previous:
-            end_run(target, previous, "interrupted", tags={"continued_in": run.run_id})
+            end_run(target, previous, "interrupted")  # no-op when the stopped driver has ended it
+            client.set_tag(previous, "continued_in", run.run_id)
         run_file.parent.mkdir(parents=True, exist_ok=True)
         run_file.write_text(json.dumps({"run_id": run.run_id}))
         return cls(run, run.run_id)

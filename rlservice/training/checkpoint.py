@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from rlservice.config.run import RunConfig
 from rlservice.errors import RLServiceError
@@ -33,7 +35,27 @@ def load_checkpoint(directory: str | Path, device: str = "cpu") -> tuple[dict[st
     directory = Path(directory)
     if not (directory / STATE).is_file() or not (directory / CONFIG).is_file():
         raise RLServiceError(f"checkpoint {str(directory)!r} not found (expected {STATE} and {CONFIG} in it)")
-    info = json.loads((directory / CONFIG).read_text())
-    run_config = RunConfig.model_validate(info.pop("run"))
-    state = torch.load(directory / STATE, map_location=device, weights_only=True)
+    config_file, state_file = directory / CONFIG, directory / STATE
+    try:
+        info = json.loads(config_file.read_text())
+        run_config = RunConfig.model_validate(info.pop("run"))
+    except json.JSONDecodeError as exc:
+        raise RLServiceError(f"checkpoint file {config_file} is not JSON ({exc.msg} at line {exc.lineno})") from None
+    except (TypeError, KeyError, AttributeError, ValidationError) as exc:
+        raise RLServiceError(f"checkpoint file {config_file} is not a checkpoint's config: {_first_line(exc)}") from None
+    try:
+        state = torch.load(state_file, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's message advises weights_only=False, i.e. running whatever code the file holds: never.
+        raise RLServiceError(f"checkpoint file {state_file} holds something other than tensors and "
+                             "plain containers; it will not be loaded") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        reason = "is empty" if state_file.stat().st_size == 0 else f"is damaged or truncated ({_first_line(exc)})"
+        raise RLServiceError(f"checkpoint file {state_file} {reason}") from None
+    if not isinstance(state, dict) or "learner" not in state:
+        raise RLServiceError(f"checkpoint file {state_file} holds no learner state")
     return state, run_config, info
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]

@@ -35,11 +35,13 @@ DIAGNOSTIC_BATCH = 1024
 
 
 class Evaluator(Protocol):
-    """Evaluates the policies of every seed at a step; may finish later than it is asked."""
+    """Evaluates the policies of every seed at a step; may finish later than it is asked.
+    Results come back in the order they were submitted; `wait(keep)` blocks until at most
+    `keep` evaluations are unfinished and returns the finished ones."""
 
     def submit(self, step: int, policies: list[Policy]) -> None: ...
     def finished(self) -> list[tuple[int, list[Evaluation]]]: ...
-    def wait(self) -> list[tuple[int, list[Evaluation]]]: ...
+    def wait(self, keep: int = 0) -> list[tuple[int, list[Evaluation]]]: ...
 
 
 class InlineEvaluator:
@@ -57,7 +59,8 @@ class InlineEvaluator:
         done, self._done = self._done, []
         return done
 
-    wait = finished
+    def wait(self, keep: int = 0) -> list[tuple[int, list[Evaluation]]]:
+        return self.finished()
 
 
 @dataclass
@@ -82,11 +85,27 @@ class TrainResult:
         return out
 
 
+def check_device(device: str) -> None:
+    """Fail with one line when `device` is not a torch device this machine has."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"train.device={device}: not a torch device (cpu, cuda, cuda:N, mps)") from None
+    if parsed.type == "cuda":
+        if torch.version.cuda is None:
+            raise ConfigError(f"train.device={device}: this torch build has no CUDA (torch {torch.__version__})")
+        if torch.cuda.device_count() <= (parsed.index or 0):
+            raise ConfigError(f"train.device={device}: {torch.cuda.device_count()} CUDA device(s) visible")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device={device}: MPS is not available here")
+
+
 class Trainer:
     def __init__(self, run_config: RunConfig, run_dir: str | Path, data: OfflineData | None = None):
         self.config = run_config
         self.run_dir = Path(run_dir)
         t = run_config.train
+        check_device(t.device)
         self.data = data if data is not None else load_offline_data(run_config.dataset.id, download=run_config.dataset.download)
         d = self.data
         self.normalizer = (
@@ -120,6 +139,7 @@ class Trainer:
         self.best_score: float | None = None
         self.history: list[dict[str, Any]] = []
         self._pending: dict[int, dict[str, Any]] = {}
+        self._evaluated: dict[str, Any] | None = None  # the state of the step last evaluated
         self._stop_requested = False
 
     def request_stop(self) -> None:
@@ -157,6 +177,13 @@ class Trainer:
 
     def save(self, name: str, state: dict[str, Any] | None = None, info: dict[str, Any] | None = None) -> Path:
         return save_checkpoint(self.run_dir / name, state or self.state_dict(), self.config, info or self.info())
+
+    def save_evaluated(self, name: str) -> Path:
+        """Save the state of the step whose evaluation came back last (weights, optimisers, RNG,
+        history up to and including it): training has moved on since, but a checkpoint reported
+        with an evaluation must hold the step that was evaluated."""
+        assert self._evaluated is not None, "no evaluation has come back yet"
+        return self.save(name, self._evaluated["state"], self._evaluated["info"])
 
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: str | Path, run_dir: str | Path | None = None,
@@ -199,7 +226,7 @@ class Trainer:
         self._stop_requested = False
         bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
         metrics: dict[str, torch.Tensor] = {}
-        with _stop_on_signals(self.request_stop):
+        with stop_on_signals(self.request_stop):
             tick = time.perf_counter()
             while self.learner.steps < t.steps:
                 if self._stop_requested:
@@ -218,11 +245,14 @@ class Trainer:
                     if logged["diverged"]:
                         status = "diverged"
                         break
+                    self._collect(evaluator.finished(), on_eval)
                     tick = time.perf_counter()
                 if step % t.eval_every == 0 or step == t.steps:
                     train_time += time.perf_counter() - tick
                     self._submit(evaluator, step)
-                    self._collect(evaluator.finished(), on_eval)
+                    # Never train more than one period past the oldest unfinished evaluation: its
+                    # report must reach the caller (a scheduler may stop here) before training is far past it.
+                    self._collect(evaluator.wait(keep=1), on_eval)
                     tick = time.perf_counter()
         bar.close()
         self._collect(evaluator.wait(), on_eval)
@@ -268,9 +298,12 @@ class Trainer:
             record = evaluation_record(step, evaluations)
             self.history.append(record)
             snapshot = self._pending.pop(step)
-            if self.best_score is None or record["normalized_score"] > self.best_score:
+            is_best = self.best_score is None or record["normalized_score"] > self.best_score
+            if is_best:
                 self.best_score = record["normalized_score"]
-                snapshot["info"].update(best_normalized_score=self.best_score, history=list(self.history))
+            snapshot["info"].update(best_normalized_score=self.best_score, history=list(self.history))
+            self._evaluated = snapshot
+            if is_best:
                 self.save("best", snapshot["state"], snapshot["info"])
                 record["is_best"] = True
             if on_eval:
@@ -310,7 +343,7 @@ def evaluation_record(step: int, evaluations: list[Evaluation]) -> dict[str, Any
 
 
 @contextmanager
-def _stop_on_signals(stop: Callable[[], None]):
+def stop_on_signals(stop: Callable[[], None]):
     """Turn SIGINT/SIGTERM into a stop at the next step boundary (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield

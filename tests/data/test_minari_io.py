@@ -231,6 +231,23 @@ def test_missing_episode_files_refused(minari_root, hopper_episodes):
         load_offline_data("test/cut-v0", download=False)
 
 
+def test_datasets_list_marks_a_truncated_episode_file_damaged(minari_root, hopper_episodes, capsys):
+    import json
+
+    from rlservice.cli import main
+
+    write_dataset("test/whole-v0", HOPPER, hopper_episodes, **SCORES)
+    write_dataset("test/torn-v0", HOPPER, hopper_episodes, **SCORES)
+    [episode_file] = (minari_root / "test" / "torn-v0" / "data" / "1").glob("*.arrow")
+    episode_file.write_bytes(episode_file.read_bytes()[: episode_file.stat().st_size // 2])  # a copy cut short
+    assert main(["datasets", "list", "--json"]) == 0
+    rows = {row["id"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["test/whole-v0"]["damaged"] is None
+    assert rows["test/torn-v0"]["damaged"]
+    with pytest.raises(DatasetError):  # what the mark warns of
+        load_offline_data("test/torn-v0", download=False)
+
+
 def test_normalized_score_by_hand():
     np.testing.assert_allclose(normalized_score([10.0, 60.0, 110.0, 160.0], 10.0, 110.0), [0.0, 50.0, 100.0, 150.0])
     assert normalized_score(35.0, 10.0, 110.0) == pytest.approx(25.0)

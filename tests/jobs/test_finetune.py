@@ -4,6 +4,11 @@ InvertedPendulum-v5, a tiny TD3+BC model trained offline on random data, a SQLit
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import ray
@@ -25,6 +30,7 @@ from rlservice.jobs import finetune as ft
 from rlservice.tracking import registry, runs
 from rlservice.training.trainer import Trainer
 
+REPO = Path(__file__).resolve().parents[2]
 ENV = "InvertedPendulum-v5"  # learnt in a few thousand env steps; a random policy balances ~5 steps
 MODEL = "pendulum"
 
@@ -128,6 +134,51 @@ def test_resume_keeps_the_online_buffer_and_reaches_the_total(registered, uri, t
     assert after["added"] == len(after["rewards"]) == 600
     for key in ("obs", "actions", "rewards", "next_obs", "terminated"):
         assert torch.equal(after[key][:400], before[key]), key
+
+
+def test_ctrl_c_saves_and_the_readme_resume_continues_with_no_evaluation_lost(registered, uri, tmp_path):
+    run_dir = tmp_path / "ft"
+    command = [sys.executable, "-m", "rlservice.cli", "finetune", f"models:/{MODEL}/1", "--online-steps", "2000",
+               "--utd", "1", "--eval-every", "200", "--eval-episodes", "1", "--tracking-uri", uri,
+               "--out", str(run_dir), "--no-progress"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    progress = run_dir / ft.LATEST / ft.PROGRESS
+    try:
+        deadline = time.monotonic() + 200
+        while not progress.is_file() and time.monotonic() < deadline:  # the first checkpoint, at env step 200
+            assert first.poll() is None, first.communicate()[1][-3000:]
+            time.sleep(0.2)
+        first.send_signal(signal.SIGINT)
+        _, stderr = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 130, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and f"rlservice finetune --resume {run_dir}" in errors[0], stderr[-3000:]
+    assert "Traceback" not in stderr
+    saved = json.loads(progress.read_text())
+    stopped_at = saved["env_steps"]
+    assert 200 <= stopped_at < 2000
+    assert online_buffer(run_dir)["added"] == stopped_at  # every transition collected is in the checkpoint
+    evaluated = [h["step"] for h in saved["history"]]
+    assert evaluated == list(range(0, stopped_at + 1, 200))  # each boundary reached, the one in flight too
+    c = MlflowClient(uri)
+    [first_run] = saved["mlflow_run_ids"]
+    assert c.get_run(first_run).info.status == "KILLED"
+    assert sorted(m.step for m in c.get_metric_history(first_run, "normalized_score")) == evaluated
+
+    end = min(2000, (stopped_at // 200 + 2) * 200)  # one more evaluation, as the README writes it
+    resumed = subprocess.run([sys.executable, "-m", "rlservice.cli", "finetune", "--resume", str(run_dir),
+                              "--online-steps", str(end), "--json", "--no-progress"],
+                             capture_output=True, text=True, cwd=REPO, timeout=200)
+    assert resumed.returncode in (0, 130), resumed.stderr[-3000:]
+    out = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert out["online_steps"] == end and out["updates"] == end  # the updates owed to the interrupted steps too
+    second_run = c.get_run(out["mlflow_run_id"])
+    assert second_run.data.tags["resumed_from_run"] == first_run
+    history = json.loads(progress.read_text())["history"]
+    assert [h["step"] for h in history] == list(range(0, end + 1, 200))
 
 
 def test_online_config_defaults_and_overrides():

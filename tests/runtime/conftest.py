@@ -40,6 +40,7 @@ def service_env(tmp_path):
     """Environment for `rlservice` subprocesses: storage, home, MLflow store and a Ray token of the test's own."""
     token = tmp_path / "ray_token"
     token.write_text(secrets.token_hex(32))
+    (tmp_path / "mlflow").mkdir()
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     create_store(tracking_uri)
     env = {

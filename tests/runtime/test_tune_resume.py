@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 from ray.tune import ExperimentAnalysis
 from tune_helpers import REPO, child_runs, evaluated_steps, finished_runs, last_json, rlservice, trial_results, trial_runs
 
@@ -58,6 +59,7 @@ def test_interrupted_job_resumes_without_rerunning_finished_trials(tiny_job, ser
     assert driver.returncode == 130, stderr[-3000:]
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "rlservice tune resume resumable" in errors[0], stderr[-3000:]
+    assert not [r for r in trial_runs(service_env["MLFLOW_TRACKING_URI"]) if r.info.status == "RUNNING"]
 
     before, states = trial_results(experiment_dir), trial_states(experiment_dir)
     finished = {name: results for name, results in before.items() if states[name][0] == "TERMINATED"}
@@ -87,6 +89,14 @@ def test_interrupted_job_resumes_without_rerunning_finished_trials(tiny_job, ser
     params = [t.params for t in study.trials]
     for results in finished.values():
         assert results[-1]["config"] in params
+
+    # What the searcher saw last for every trial is the last evaluation of its MLflow run, step for step.
+    client = MlflowClient(service_env["MLFLOW_TRACKING_URI"])
+    for trial in out["trials"]:
+        last = max(client.get_metric_history(trial["run_id"], "normalized_score"), key=lambda m: m.step)
+        assert (trial["steps"], trial["final_score"]) == (last.step, pytest.approx(last.value)), trial
+        [value] = [t.value for t in study.trials if t.params == trial["config"]]
+        assert value == pytest.approx(last.value)
 
     runs = child_runs(service_env["MLFLOW_TRACKING_URI"], out["mlflow"]["parent_run_id"])
     by_trial = {}

@@ -49,9 +49,18 @@ def test_train_logs_one_run_that_best_lists(mlflow_server, hopper_random_dataset
     assert row["run_id"] == summary["mlflow_run_id"]
     assert row["knobs"] == {"critic_hidden": 32, "num_critics": 2}  # the rest is pars's
 
+    # Continued with --resume: a new run that names the one it continues.
+    with one_thread():
+        code = main(["train", "--resume", str(tmp_path / "run" / "latest"), "--steps", "90", "--tracking-uri", uri,
+                     "--experiment", "cli-train", "--json", "--no-progress"])
+    assert code == 0
+    resumed = MlflowClient(tracking_uri=uri).get_run(json.loads(capsys.readouterr().out)["mlflow_run_id"])
+    assert resumed.data.tags["resumed_from"] == summary["mlflow_run_id"]
+
 
 def test_ui_serves_the_embedded_store_until_stopped(free_port, tmp_path):
     port = free_port()
+    (tmp_path / "store").mkdir()
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     ui = subprocess.Popen([sys.executable, "-m", "rlservice.cli", "ui", "--port", str(port), "--tracking-uri", uri],
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)

@@ -24,8 +24,11 @@ def test_tracking_uri_precedence(monkeypatch):
 
 def test_local_store_keeps_artifacts_next_to_its_database(tmp_path):
     uri = f"sqlite:///{tmp_path / 'deep' / 'store' / 'mlflow.db'}"
+    with pytest.raises(store.TrackingError, match="does not exist"):  # a user's path: nothing is created
+        store.check_reachable(uri)
+    assert not (tmp_path / "deep").exists()
+    (tmp_path / "deep" / "store").mkdir(parents=True)
     store.check_reachable(uri)
-    assert (tmp_path / "deep" / "store").is_dir()
     assert store.local_artifact_root(uri) == tmp_path / "deep" / "store" / "mlartifacts"
     assert store.local_artifact_root("http://127.0.0.1:5000") is None
 
