@@ -74,8 +74,9 @@ def run_job(job: TuningJob, name: str | None = None, tracking_uri: str | None = 
         raise ConfigError(f"--name {name}: a job of that name exists in {record_dir}; "
                           f"continue it with `rlservice tune resume {name}` or choose another name")
     uri = check_tracking(tracking_uri)
-    job.run_config(action_dim=ensure_dataset(job.dataset, build_steps))
-    target = start_job(uri, job, name)
+    data = ensure_dataset(job.dataset, build_steps)  # read here once; trials get it through Ray's object store
+    job.run_config(action_dim=data.actions.shape[1])
+    target = start_job(uri, job, name, data.digest)
     record_dir.mkdir(parents=True, exist_ok=True)
     saved = {"job": job.model_dump(mode="json"), "tracking": asdict(target)}
     (record_dir / JOB_FILE).write_text(json.dumps(saved, indent=2))
@@ -85,7 +86,7 @@ def run_job(job: TuningJob, name: str | None = None, tracking_uri: str | None = 
     from rlservice.runtime import tuner
 
     start = time.monotonic()
-    trials = tuner.fit(job, target, name, storage_root())
+    trials = tuner.fit(job, target, name, storage_root(), data)
     return _conclude(job, target, name, trials, time.monotonic() - start, 0)
 
 
@@ -100,7 +101,7 @@ def resume_job(name: str) -> JobOutcome:
     job = validate_job(saved["job"])
     target = JobTracking(**saved["tracking"])
     check_tracking(target.uri)
-    ensure_dataset(job.dataset)
+    data = ensure_dataset(job.dataset)
 
     from rlservice.runtime import tuner
 
@@ -109,7 +110,7 @@ def resume_job(name: str) -> JobOutcome:
         raise RLServiceError(f"job {name!r} stopped before Ray Tune saved its state; start it again under a new --name")
     observed = tuner.searcher_observations(experiment)
     start = time.monotonic()
-    trials = tuner.refit(job, target, experiment)
+    trials = tuner.refit(job, target, experiment, data)
     return _conclude(job, target, name, trials, time.monotonic() - start, observed)
 
 

@@ -87,7 +87,8 @@ class Trainer:
         self.config = run_config
         self.run_dir = Path(run_dir)
         t = run_config.train
-        self.data = data if data is not None else load_offline_data(run_config.dataset.id, download=run_config.dataset.download)
+        ds = run_config.dataset
+        self.data = data if data is not None else load_offline_data(ds.id, download=ds.download, uri=ds.uri)
         d = self.data
         self.normalizer = (
             ObservationNormalizer.fit(d.observations)
@@ -158,9 +159,12 @@ class Trainer:
         return save_checkpoint(self.run_dir / name, state or self.state_dict(), self.config, info or self.info())
 
     @classmethod
-    def from_checkpoint(cls, checkpoint_dir: str | Path, run_dir: str | Path | None = None, **train_overrides) -> "Trainer":
+    def from_checkpoint(cls, checkpoint_dir: str | Path, run_dir: str | Path | None = None,
+                        data: OfflineData | None = None, **train_overrides) -> "Trainer":
         """Rebuild a trainer (data, learner, normaliser, history) from a checkpoint directory; with
-        `train_overrides` (e.g. steps=...) the training budget can be extended."""
+        `train_overrides` (e.g. steps=...) the training budget can be extended. `data` is the
+        dataset when the caller has it already (a Tune trial gets it from the driver); else it
+        is read as the checkpoint's config says."""
         _, run_config, _ = load_checkpoint(checkpoint_dir)
         if train_overrides:
             try:
@@ -168,7 +172,7 @@ class Trainer:
             except ValidationError as exc:
                 raise ConfigError(first_error(exc)) from None
             run_config = run_config.model_copy(update={"train": train})
-        trainer = cls(run_config, run_dir or Path(checkpoint_dir).parent)
+        trainer = cls(run_config, run_dir or Path(checkpoint_dir).parent, data=data)
         trainer.restore(checkpoint_dir)
         return trainer
 

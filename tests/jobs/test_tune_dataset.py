@@ -9,9 +9,9 @@ from rlservice.jobs.tune_dataset import ensure_dataset
 
 def test_a_missing_random_dataset_is_built_when_the_job_allows_it(minari_root):
     spec = DatasetSpec(id="rlservice/hopper-v5/random-v0", build_steps=300, download=False)
-    assert ensure_dataset(spec) == 3  # Hopper's action dimension
+    assert ensure_dataset(spec).actions.shape == (300, 3)  # Hopper's action dimension
     assert (minari_root / "rlservice" / "hopper-v5" / "random-v0" / "data").is_dir()
-    assert ensure_dataset(spec) == 3  # found the second time
+    assert ensure_dataset(spec).actions.shape == (300, 3)  # found the second time
 
 
 def test_a_missing_dataset_that_may_not_be_built_fails_with_one_line(minari_root):
