@@ -10,9 +10,10 @@ machine). A session rather than a process group: Ray puts each worker process in
 group of its own, but they all stay in their node's session. The
 cluster has its own token (RAY_AUTH_MODE=token); `env` prints what a client needs.
 
-Like separate machines, the nodes share no directories: each has its own MINARI_DATASETS_PATH,
-RLSERVICE_HOME and TMPDIR under STATE/nodes/NAME (`--shared-dirs`: the caller's, for every
-node). What they share is Tune's storage, RLSERVICE_STORAGE_PATH: the caller's value when set
+Like separate machines, the nodes share no directories: each has its own MINARI_DATASETS_PATH
+and RLSERVICE_HOME under STATE/nodes/NAME, and its own TMPDIR in its Ray temp dir (removed when
+the node stops, like a machine's /tmp; short, since Ray's sockets end up under TMPDIR too)
+(`--shared-dirs`: the caller's, for every node). What they share is Tune's storage, RLSERVICE_STORAGE_PATH: the caller's value when set
 (e.g. s3://...), else the directory STATE/storage as a file:// URI, standing in for NFS.
 
     python -m rlservice.runtime.local_cluster start [--workers N] [--cpus N] [--state DIR] [--shared-dirs]
@@ -146,20 +147,21 @@ def free_port(ip: str) -> int:
 
 
 # ---------------------------------------------------------------------------- internals
-def node_dirs(state_dir: Path, name: str) -> dict[str, str]:
+def node_dirs(state_dir: Path, name: str, temp_dir: str) -> dict[str, str]:
     """The directories a node keeps to itself, as the variables that point rlservice at them."""
     root = Path(state_dir, "nodes", name).resolve()
-    return {"MINARI_DATASETS_PATH": str(root / "minari"), "RLSERVICE_HOME": str(root / "home"), "TMPDIR": str(root / "tmp")}
+    return {"MINARI_DATASETS_PATH": str(root / "minari"), "RLSERVICE_HOME": str(root / "home"),
+            "TMPDIR": str(Path(temp_dir, "tmp"))}
 
 
 def _start_node(state_dir: Path, name: str, ip: str, flags: list, cpus: int, env: dict[str, str],
                 shared_dirs: bool) -> dict[str, Any]:
-    own = {} if shared_dirs else node_dirs(state_dir, name)
+    # Ray's socket paths must stay short (108 bytes): temp dirs live directly under /tmp.
+    temp_dir = tempfile.mkdtemp(prefix=f"rls-{name}-", dir="/tmp")
+    own = {} if shared_dirs else node_dirs(state_dir, name, temp_dir)
     for path in own.values():
         Path(path).mkdir(parents=True, exist_ok=True)
     env = {**env, **own}
-    # Ray's socket paths must stay short (108 bytes): temp dirs live directly under /tmp.
-    temp_dir = tempfile.mkdtemp(prefix=f"rls-{name}-", dir="/tmp")
     ports = {flag: free_port(ip) for flag in ("--node-manager-port", "--object-manager-port", "--metrics-export-port",
                                               "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
                                               "--runtime-env-agent-port")}
