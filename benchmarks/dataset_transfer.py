@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -81,6 +82,7 @@ def measure(rows: int, repeats: int) -> dict:
         if ray.is_initialized():
             ray.shutdown()
         local_cluster.stop(state)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def main() -> None:
