@@ -2,13 +2,16 @@
 # A multi-node Ray cluster on this machine, on loopback addresses only (head 127.0.0.2, workers
 # 127.0.0.3, ...), plus the MLflow server of cluster/mlflow-server.sh when that script is here.
 #
-#   cluster/local-cluster.sh start [--workers N] [--cpus N] [--state DIR] [--no-mlflow]
+#   cluster/local-cluster.sh start [--workers N] [--cpus N] [--state DIR] [--shared-dirs] [--no-mlflow]
 #   cluster/local-cluster.sh stop [--node NAME] [--state DIR] [--no-mlflow]
 #   cluster/local-cluster.sh status [--state DIR]
 #   eval "$(cluster/local-cluster.sh env)"      # the cluster's token for rlservice tune submit/status/logs
 #
 # Each node is one `ray start --block` process leading its own session, with a pid file in the state dir
 # (default $RLSERVICE_HOME/local-cluster); stop ends exactly those sessions, never `ray stop`.
+# Like machines, the nodes share no directories: each has its own MINARI_DATASETS_PATH and RLSERVICE_HOME
+# under STATE/nodes/NAME and TMPDIR in its Ray temp dir (--shared-dirs: the caller's, for all). They share Tune's storage,
+# RLSERVICE_STORAGE_PATH: the caller's value (s3://... on a real cluster), else file://STATE/storage.
 # The MLflow server keeps its store in STATE/mlflow; MLFLOW_PORT picks its port (5000).
 # Environment: RLSERVICE_PYTHON, the python of the rlservice environment (default: .venv here).
 set -euo pipefail

@@ -27,17 +27,18 @@ def _train(args: argparse.Namespace) -> int:
         check_reachable(uri)  # an unreachable server fails before any data is read
     budget = {key.removeprefix("train."): getattr(args, flag) for flag, key in _TRAIN_FLAGS.items() if getattr(args, flag) is not None}
     if args.resume:
-        if args.set or args.preset or args.dataset or args.config:
+        if args.set or args.preset or args.dataset or args.dataset_uri or args.config:
             raise RLServiceError("--resume continues a run as it was: only --steps, --eval-*, --log-every and --device may change")
         if args.device:
             check_device(args.device)
         trainer = Trainer.from_checkpoint(args.resume, **budget)
     else:
         spec = load_yaml(args.config) if args.config else {}
-        overrides = {**parse_overrides(args.set), **{f"train.{k}": v for k, v in budget.items()}}
+        overrides = {**parse_overrides(args.set), **{f"train.{k}": v for k, v in budget.items()},
+                     **({"dataset.uri": args.dataset_uri} if args.dataset_uri else {})}
         checked = build_run_config(args.dataset, args.preset, spec, overrides)  # bad input fails before any data is read
         check_device(checked.train.device)
-        data = load_offline_data(checked.dataset.id, download=checked.dataset.download)
+        data = load_offline_data(checked.dataset.id, download=checked.dataset.download, uri=checked.dataset.uri)
         run_config = build_run_config(args.dataset, args.preset, spec, overrides, action_dim=data.actions.shape[1])
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = f"{run_config.dataset.id.replace('/', '_')}-{run_config.preset or 'custom'}-s{run_config.train.seed}-{stamp}"
@@ -63,6 +64,9 @@ def _train(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("train", help="train one offline agent on a Minari dataset")
     p.add_argument("--dataset", help="Minari dataset id, e.g. rlservice/hopper-v5/medium-v0")
+    p.add_argument("--dataset-uri", metavar="URI",
+                   help="read dataset --dataset from this Minari dataset directory on shared storage (s3://..., "
+                        "file:///...) instead of the local copy; credentials come from the environment")
     p.add_argument("--preset", help="td3bc | pars | pani | dmg | iql")
     p.add_argument("--config", help="YAML run spec (dataset, preset, agent, train sections)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a knob (repeatable)")

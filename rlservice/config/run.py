@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rlservice.config.presets import default_eval_episodes, preset_values
 from rlservice.errors import ConfigError
@@ -117,9 +118,26 @@ class TrainConfig(_Spec):
     checkpoint_dir: str | None = None
 
 
+def _storage_uri(uri: str) -> str:
+    """A URI of shared storage (`s3://bucket/path`, `gs://...`, `file:///path`): no credentials
+    in it, since job files travel and are logged; they come from the environment."""
+    parts = urlsplit(uri)
+    if not parts.scheme or "://" not in uri:
+        raise ValueError("expected a URI such as s3://bucket/datasets/hopper-medium-v0 or file:///path")
+    if "@" in parts.netloc or parts.query or parts.fragment:
+        raise ValueError("credentials and options do not belong in the URI; set them in the environment "
+                         "(e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL)")
+    return uri
+
+
+StorageUri = Annotated[str, AfterValidator(_storage_uri)]
+
+
 class DatasetConfig(_Spec):
     id: str
     download: bool = True
+    uri: StorageUri | None = Field(None, description="a Minari dataset directory on shared storage, read instead of "
+                                                     "the local copy (the id must match its metadata)")
 
 
 class RunConfig(_Spec):

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from rlservice.config.run import (
     AgentConfig,
     RunConfig,
+    StorageUri,
     build_run_config,
     first_error,
     load_yaml,
@@ -100,6 +101,8 @@ class SearchDim(_Spec):
 class DatasetSpec(_Spec):
     id: str
     download: bool = True
+    uri: StorageUri | None = Field(None, description="a Minari dataset directory on shared storage (s3://, file://); "
+                                                     "the driver reads it once and hands it to every trial")
     build_steps: int | None = Field(None, ge=1, description="if missing where the job runs, build it with this many steps")
 
 
@@ -192,7 +195,7 @@ class TuningJob(_Spec):
         if self.offline and not self.offline_evaluation.every:
             budget["train.eval_every"] = self.steps  # FQE of the final policy only
         overrides = {**budget, **self.fixed, **self.knob_overrides(sampled or {})}
-        dataset = {"id": self.dataset.id, "download": self.dataset.download}
+        dataset = self.dataset.model_dump(include={"id", "download", "uri"}, exclude_none=True)
         return build_run_config(self.dataset.id, self.preset, {"dataset": dataset}, overrides, action_dim=action_dim)
 
     def applies(self, knob: str, sampled: dict[str, Any], base_agent: dict[str, Any]) -> bool:
@@ -262,6 +265,9 @@ def validate_job(spec: dict[str, Any]) -> TuningJob:
     if job.scheduler.type == "asha" and job.scheduler.grace_period > job.steps:
         raise ConfigError(f"scheduler.grace_period={job.scheduler.grace_period}: exceeds steps={job.steps}, "
                           "so ASHA could never stop a trial")
+    if job.dataset.build_steps is not None and job.dataset.uri is not None:
+        raise ConfigError(f"dataset.build_steps={job.dataset.build_steps}: the dataset comes from {job.dataset.uri}; "
+                          "only a dataset of the driver's Minari root can be built")
     if job.dataset.build_steps is not None and not _buildable(job.dataset.id):
         raise ConfigError(f"dataset.build_steps={job.dataset.build_steps}: only rlservice/<env>/random-v0 datasets "
                           f"can be built where the job runs, not {job.dataset.id!r}")

@@ -1,12 +1,15 @@
 """Minari I/O: write and read offline RL datasets, collect rollouts, reference scores.
 
-Datasets live in Minari's local root (``MINARI_DATASETS_PATH``, default ``~/.minari/datasets``).
+Datasets live in Minari's local root (``MINARI_DATASETS_PATH``, default ``~/.minari/datasets``),
+or in a Minari dataset directory on shared storage named by a URI (``s3://...``, ``file:///...``),
+which is read into memory without being added to the local root.
 Ids made here are ``rlservice/<env-id lowercased>/<quality>-v0`` (see :func:`dataset_id_for`).
 Anything wrong with a dataset surfaces as a one-line :class:`DatasetError`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import numbers
@@ -80,6 +83,7 @@ class OfflineData:
     ref_max_score: float
     episode_returns: np.ndarray  # [num_episodes] float64
     metadata: dict  # the dataset's metadata.json (JSON values only)
+    digest: str  # of its data files (see dataset_digest): the same on every machine that reads them
 
 
 # ---------------------------------------------------------------- ids and scores
@@ -349,12 +353,20 @@ def _ensure_namespace(namespace: str | None) -> None:
 # ---------------------------------------------------------------- reading
 
 
-def load_offline_data(dataset_id: str, *, download: bool = True, require_env: bool = True) -> OfflineData:
-    """Load and validate a dataset: the local copy, else (with `download`) Minari's remote.
+def load_offline_data(dataset_id: str, *, download: bool = True, uri: str | None = None,
+                      require_env: bool = True) -> OfflineData:
+    """Load and validate a dataset: from `uri` when given (see :func:`fetch_dataset`), else the
+    local copy, else (with `download`) Minari's remote.
 
     With `require_env=False` (offline evaluation and selection) the env is never created: the
     dataset is checked against the spaces it records itself, so its env need not be installed."""
-    dataset = _open(dataset_id, download)
+    if uri is not None:
+        with tempfile.TemporaryDirectory(prefix="rlservice-fetch-") as local:
+            return _read(dataset_id, _open_fetched(dataset_id, uri, Path(local)), require_env)
+    return _read(dataset_id, _open(dataset_id, download), require_env)
+
+
+def _read(dataset_id: str, dataset: minari.MinariDataset, require_env: bool) -> OfflineData:
     metadata = MinariStorage.read_raw_metadata(dataset.storage.data_path)
     ref_min_score, ref_max_score = _check_ref_scores(
         dataset_id, metadata.get("ref_min_score"), metadata.get("ref_max_score")
@@ -395,7 +407,60 @@ def load_offline_data(dataset_id: str, *, download: bool = True, require_env: bo
         ref_max_score=ref_max_score,
         episode_returns=np.array([ep.rewards.sum(dtype=np.float64) for ep in episodes]),
         metadata=metadata,
+        digest=digest_of(Path(dataset.storage.data_path)),
     )
+
+
+def dataset_digest(dataset_id: str) -> str:
+    """The digest of a local dataset's data files (see :func:`digest_of`)."""
+    data = Path(get_dataset_path(dataset_id)) / "data"
+    if not data.is_dir():
+        raise DatasetError(f"dataset {dataset_id} not found locally in {get_dataset_path()}")
+    return digest_of(data)
+
+
+def digest_of(data: Path) -> str:
+    """sha256 over the names and bytes of the files under a dataset's `data` directory: two runs
+    with the same digest trained on the same data, whatever machine or storage it came from."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in data.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(data).as_posix().encode() + b"\0")
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def fetch_dataset(uri: str, destination: Path) -> Path:
+    """Copy the Minari dataset directory at `uri` (the directory holding `data/`, e.g.
+    ``s3://bucket/datasets/hopper-medium-v0`` or ``file:///mnt/datasets/hopper-medium-v0``) into
+    `destination` with pyarrow's filesystems; returns its `data` directory. Credentials come from
+    the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL, the GCS
+    default credentials, ...), never from the URI."""
+    from pyarrow import fs
+
+    try:
+        filesystem, path = fs.FileSystem.from_uri(uri)
+        data = path.rstrip("/") + "/data"
+        if filesystem.get_file_info(data).type != fs.FileType.Directory:
+            raise DatasetError(f"dataset URI {uri}: no Minari dataset there (expected a directory with data/ in it)")
+        fs.copy_files(data, str(destination / "data"), source_filesystem=filesystem,
+                      destination_filesystem=fs.LocalFileSystem())
+    except (OSError, ValueError) as exc:  # pyarrow's errors: not found, no credentials, unknown scheme
+        raise DatasetError(f"dataset URI {uri} could not be read: {_reason(exc)}") from exc
+    return destination / "data"
+
+
+def _open_fetched(dataset_id: str, uri: str, local: Path) -> minari.MinariDataset:
+    data = fetch_dataset(uri, local)
+    try:
+        recorded = MinariStorage.read_raw_metadata(data).get("dataset_id")
+        dataset = minari.MinariDataset(data)
+    except Exception as exc:
+        raise DatasetError(f"dataset {dataset_id} at {uri} could not be read: {_reason(exc)}") from exc
+    if recorded != dataset_id:
+        raise DatasetError(f"dataset URI {uri} holds dataset {recorded!r}, not {dataset_id!r}")
+    return dataset
 
 
 def _open(dataset_id: str, download: bool) -> minari.MinariDataset:

@@ -406,7 +406,7 @@ class _Session:
 
     def _start_run(self, uri: str) -> runs.TrialRun:
         t = self.trainer
-        params = {**runs.run_params(t.config, action_dim=int(t.data.actions.shape[1])),
+        params = {**runs.run_params(t.config, action_dim=int(t.data.actions.shape[1]), digest=t.data.digest),
                   "finetune": {k: v for k, v in self.s.model_dump().items() if k != "overrides"},
                   "finetune.overrides": json.dumps(self.s.overrides), "parent": self.parent}
         tags = {runs.KIND_TAG: "finetune", "parent_model": self.parent["name"],

@@ -81,8 +81,10 @@ def run_job(job: TuningJob, name: str | None = None, tracking_uri: str | None = 
                           f"continue it with `rlservice tune resume {name}` or choose another name")
     check_cluster()
     uri = check_tracking(tracking_uri)
-    job.run_config(action_dim=ensure_dataset(job.dataset, build_steps, require_env=not job.offline))
-    target = start_job(uri, job, name)
+    # read here once; trials get it through Ray's object store
+    data = ensure_dataset(job.dataset, build_steps, require_env=not job.offline)
+    job.run_config(action_dim=data.actions.shape[1])
+    target = start_job(uri, job, name, data.digest)
     record_dir.mkdir(parents=True, exist_ok=True)
     saved = {"job": job.model_dump(mode="json"), "tracking": asdict(target)}
     (record_dir / JOB_FILE).write_text(json.dumps(saved, indent=2))
@@ -92,7 +94,7 @@ def run_job(job: TuningJob, name: str | None = None, tracking_uri: str | None = 
     from rlservice.runtime import tuner
 
     start = time.monotonic()
-    trials = tuner.fit(job, target, name, storage_root())
+    trials = tuner.fit(job, target, name, storage_root(), data)
     return _conclude(job, target, name, trials, time.monotonic() - start, 0)
 
 
@@ -108,7 +110,7 @@ def resume_job(name: str) -> JobOutcome:
     target = JobTracking(**saved["tracking"])
     check_cluster()
     check_tracking(target.uri)
-    ensure_dataset(job.dataset, require_env=not job.offline)
+    data = ensure_dataset(job.dataset, require_env=not job.offline)
 
     from rlservice.runtime import tuner
 
@@ -117,7 +119,7 @@ def resume_job(name: str) -> JobOutcome:
         raise RLServiceError(f"job {name!r} stopped before Ray Tune saved its state; start it again under a new --name")
     observed = tuner.searcher_observations(experiment)
     start = time.monotonic()
-    trials = tuner.refit(job, target, experiment)
+    trials = tuner.refit(job, target, experiment, data)
     return _conclude(job, target, name, trials, time.monotonic() - start, observed)
 
 

@@ -1,4 +1,6 @@
-"""Make sure a job's dataset is there where the job runs: found, downloaded, or (random ones) built."""
+"""A job's dataset, read once by its driver: found locally, downloaded from Minari's remote,
+fetched from a storage URI, or (random ones) built. The driver hands the arrays to the trials
+through Ray's object store, so no other node needs a copy."""
 
 from __future__ import annotations
 
@@ -6,19 +8,21 @@ import gymnasium as gym
 from minari.storage import get_dataset_path
 
 from rlservice.config.tuning import DatasetSpec
-from rlservice.data.minari_io import build_random_dataset, load_offline_data
-from rlservice.errors import DatasetError
+from rlservice.data.minari_io import OfflineData, build_random_dataset, load_offline_data
+from rlservice.errors import ConfigError, DatasetError
 
 
-def ensure_dataset(spec: DatasetSpec, build_steps: int | None = None, require_env: bool = True) -> int:
-    """Return the dataset's action dimension; build it first when it is missing and may be built
-    (`build_steps` from the CLI, else the job's `dataset.build_steps`). `require_env=False`: the
-    dataset's env need not be installed (offline selection)."""
+def ensure_dataset(spec: DatasetSpec, build_steps: int | None = None, require_env: bool = True) -> OfflineData:
+    """The job's data; a missing dataset that may be built is built first (`build_steps` from
+    the CLI, else the job's `dataset.build_steps`). `require_env=False`: the dataset's env need
+    not be installed (offline selection)."""
     steps = build_steps or spec.build_steps
+    if steps and spec.uri is not None:
+        raise ConfigError(f"--build-dataset {steps}: the dataset comes from {spec.uri}; it cannot be built here")
     if steps and not get_dataset_path(spec.id).joinpath("data").is_dir():
         env_id = _env_of(spec.id)
         build_random_dataset(env_id, steps, dataset_id=spec.id)
-    return int(load_offline_data(spec.id, download=spec.download, require_env=require_env).actions.shape[1])
+    return load_offline_data(spec.id, download=spec.download, uri=spec.uri, require_env=require_env)
 
 
 def _env_of(dataset_id: str) -> str:

@@ -10,7 +10,13 @@ machine). A session rather than a process group: Ray puts each worker process in
 group of its own, but they all stay in their node's session. The
 cluster has its own token (RAY_AUTH_MODE=token); `env` prints what a client needs.
 
-    python -m rlservice.runtime.local_cluster start [--workers N] [--cpus N] [--state DIR]
+Like separate machines, the nodes share no directories: each has its own MINARI_DATASETS_PATH
+and RLSERVICE_HOME under STATE/nodes/NAME, and its own TMPDIR in its Ray temp dir (removed when
+the node stops, like a machine's /tmp; short, since Ray's sockets end up under TMPDIR too)
+(`--shared-dirs`: the caller's, for every node). What they share is Tune's storage, RLSERVICE_STORAGE_PATH: the caller's value when set
+(e.g. s3://...), else the directory STATE/storage as a file:// URI, standing in for NFS.
+
+    python -m rlservice.runtime.local_cluster start [--workers N] [--cpus N] [--state DIR] [--shared-dirs]
     python -m rlservice.runtime.local_cluster stop [--node NAME] [--state DIR]
     python -m rlservice.runtime.local_cluster status|env [--state DIR]
 """
@@ -43,7 +49,8 @@ def default_state_dir() -> Path:
     return home() / "local-cluster"
 
 
-def start(state_dir: Path, workers: int = 1, cpus: int = 1, timeout: float = 120) -> dict[str, Any]:
+def start(state_dir: Path, workers: int = 1, cpus: int = 1, timeout: float = 120,
+          shared_dirs: bool = False) -> dict[str, Any]:
     """Start the head and `workers` worker nodes; return the cluster's description once every node is alive."""
     state_dir = Path(state_dir)
     if running(state_dir):
@@ -52,23 +59,26 @@ def start(state_dir: Path, workers: int = 1, cpus: int = 1, timeout: float = 120
     token_file = state_dir / "auth_token"
     token_file.write_text(secrets.token_hex(32))
     token_file.chmod(0o600)
-    env = {**os.environ, **client_env_of(token_file)}
+    storage = os.environ.get("RLSERVICE_STORAGE_PATH") or (state_dir / "storage").resolve().as_uri()
+    env = {**os.environ, **client_env_of(token_file), "RLSERVICE_STORAGE_PATH": storage}
     gcs_port, dashboard_port = free_port(HEAD_IP), free_port(HEAD_IP)
     cluster = {
         "gcs": f"{HEAD_IP}:{gcs_port}",
         "dashboard": f"http://{HEAD_IP}:{dashboard_port}",
         "token_file": str(token_file),
+        "storage": storage,
         "nodes": [],
     }
     head_flags = ["--head", "--port", gcs_port, "--dashboard-host", HEAD_IP, "--dashboard-port", dashboard_port,
                   "--ray-client-server-port", free_port(HEAD_IP), "--include-dashboard", "true"]
     try:
-        cluster["nodes"].append(_start_node(state_dir, "head", HEAD_IP, head_flags, cpus, env))
+        cluster["nodes"].append(_start_node(state_dir, "head", HEAD_IP, head_flags, cpus, env, shared_dirs))
         _save(state_dir, cluster)
         _wait_for_port(cluster, HEAD_IP, gcs_port, timeout)
         for k in range(1, workers + 1):
             ip = f"127.0.0.{2 + k}"
-            cluster["nodes"].append(_start_node(state_dir, f"worker-{k}", ip, ["--address", cluster["gcs"]], cpus, env))
+            cluster["nodes"].append(_start_node(state_dir, f"worker-{k}", ip, ["--address", cluster["gcs"]], cpus, env,
+                                                shared_dirs))
             _save(state_dir, cluster)
         _wait_for(cluster, 1 + workers, timeout)
     except BaseException:
@@ -137,9 +147,21 @@ def free_port(ip: str) -> int:
 
 
 # ---------------------------------------------------------------------------- internals
-def _start_node(state_dir: Path, name: str, ip: str, flags: list, cpus: int, env: dict[str, str]) -> dict[str, Any]:
+def node_dirs(state_dir: Path, name: str, temp_dir: str) -> dict[str, str]:
+    """The directories a node keeps to itself, as the variables that point rlservice at them."""
+    root = Path(state_dir, "nodes", name).resolve()
+    return {"MINARI_DATASETS_PATH": str(root / "minari"), "RLSERVICE_HOME": str(root / "home"),
+            "TMPDIR": str(Path(temp_dir, "tmp"))}
+
+
+def _start_node(state_dir: Path, name: str, ip: str, flags: list, cpus: int, env: dict[str, str],
+                shared_dirs: bool) -> dict[str, Any]:
     # Ray's socket paths must stay short (108 bytes): temp dirs live directly under /tmp.
     temp_dir = tempfile.mkdtemp(prefix=f"rls-{name}-", dir="/tmp")
+    own = {} if shared_dirs else node_dirs(state_dir, name, temp_dir)
+    for path in own.values():
+        Path(path).mkdir(parents=True, exist_ok=True)
+    env = {**env, **own}
     ports = {flag: free_port(ip) for flag in ("--node-manager-port", "--object-manager-port", "--metrics-export-port",
                                               "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
                                               "--runtime-env-agent-port")}
@@ -152,7 +174,8 @@ def _start_node(state_dir: Path, name: str, ip: str, flags: list, cpus: int, env
                                    env=env, start_new_session=True)
     pid_file = state_dir / f"{name}.pid"
     pid_file.write_text(str(process.pid))
-    return {"name": name, "ip": ip, "pid": process.pid, "pid_file": str(pid_file), "temp_dir": temp_dir, "log": str(log)}
+    return {"name": name, "ip": ip, "pid": process.pid, "pid_file": str(pid_file), "temp_dir": temp_dir, "log": str(log),
+            "dirs": own}
 
 
 def _wait_for_port(cluster: dict[str, Any], ip: str, port: int, timeout: float) -> None:
@@ -244,11 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="worker nodes besides the head (start)")
     p.add_argument("--cpus", type=int, default=1, help="CPUs each node offers (start)")
     p.add_argument("--node", help="stop only this node, e.g. worker-1 (stop)")
+    p.add_argument("--shared-dirs", action="store_true",
+                   help="(start) every node uses the caller's MINARI_DATASETS_PATH, RLSERVICE_HOME and TMPDIR "
+                        "instead of directories of its own under STATE/nodes")
     args = p.parse_args(argv)
     try:
         if args.command == "start":
-            cluster = start(args.state, args.workers, args.cpus)
+            cluster = start(args.state, args.workers, args.cpus, shared_dirs=args.shared_dirs)
             print(f"local Ray cluster: {len(cluster['nodes'])} nodes, dashboard and Jobs API {cluster['dashboard']}")
+            print(f"Tune storage shared by the nodes: {cluster['storage']}")
             print("clients need its token: eval the output of the `env` command")
         elif args.command == "stop":
             print(f"stopped: {', '.join(stop(args.state, args.node)) or 'nothing was running'}")

@@ -29,7 +29,7 @@ import torch
 from ray import tune
 
 from rlservice.config.tuning import TuningJob
-from rlservice.data.minari_io import load_offline_data
+from rlservice.data.minari_io import OfflineData
 from rlservice.runtime.evaluators import RayEvaluator
 from rlservice.tracking.tuning_runs import JobTracking, TrialTracking
 from rlservice.training.fqe import FQEEvaluator, fit_fqe
@@ -56,23 +56,25 @@ def scratch_root(job_name: str) -> Path:
     return Path(tempfile.gettempdir()) / "rlservice-trials" / job_name
 
 
-def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
+def run_trial(config: dict[str, Any], setup: TrialSetup, data: OfflineData) -> None:
+    """`data` is the job's dataset, read by the driver and passed through Ray's object store."""
     torch.set_num_threads(max(1, int(setup.job.resources.cpus)))
     context = tune.get_context()
     scratch = scratch_root(context.get_experiment_name()) / context.get_trial_id()
     shutil.rmtree(scratch, ignore_errors=True)  # left by an attempt that was killed
     try:
-        _train(config, setup, scratch / "run")
+        _train(config, setup, data, scratch / "run")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _train(config: dict[str, Any], setup: TrialSetup, run_dir: Path) -> None:
+def _train(config: dict[str, Any], setup: TrialSetup, data: OfflineData, run_dir: Path) -> None:
     job = setup.job
-    trainer = _trainer(job, config, run_dir)
+    trainer = _trainer(job, config, data, run_dir)
     node_id = ray.get_runtime_context().get_node_id()
     tracking = TrialTracking.open(setup.tracking, run_dir, tune.get_context().get_trial_name(), config, trainer.config,
-                                  action_dim=int(trainer.data.actions.shape[1]), node_id=node_id)
+                                  action_dim=int(trainer.data.actions.shape[1]), node_id=node_id,
+                                  digest=trainer.data.digest)
     reporter = _Reporter(job, trainer, tracking, node_id)
     evaluator = _evaluator(job, trainer)
     try:
@@ -88,8 +90,7 @@ def _train(config: dict[str, Any], setup: TrialSetup, run_dir: Path) -> None:
         reporter.report(trainer.history[-1], "completed")
 
 
-def _trainer(job: TuningJob, config: dict[str, Any], run_dir: Path) -> Trainer:
-    data = load_offline_data(job.dataset.id, download=job.dataset.download, require_env=not job.offline)
+def _trainer(job: TuningJob, config: dict[str, Any], data: OfflineData, run_dir: Path) -> Trainer:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # a retry: continue where the last report left off
         with checkpoint.as_directory() as saved:

@@ -15,6 +15,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from rlservice.config.tuning import TuningJob
+from rlservice.data.minari_io import OfflineData
 from rlservice.runtime import search
 from rlservice.runtime.session import start_ray
 from rlservice.runtime.trial import TrialSetup, run_trial, scratch_root
@@ -32,11 +33,11 @@ def connect() -> None:
         signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
 
 
-def fit(job: TuningJob, target: JobTracking, name: str, storage: str) -> list[dict[str, Any]]:
+def fit(job: TuningJob, target: JobTracking, name: str, storage: str, data: OfflineData) -> list[dict[str, Any]]:
     connect()
     try:
         tuner = tune.Tuner(
-            _trainable(job, target),
+            _trainable(job, target, data),
             tune_config=tune.TuneConfig(
                 search_alg=search.searcher(job), scheduler=search.scheduler(job), num_samples=job.trials,
                 reuse_actors=False,
@@ -54,12 +55,12 @@ def fit(job: TuningJob, target: JobTracking, name: str, storage: str) -> list[di
     return _finish(job, name, experiment_path)
 
 
-def refit(job: TuningJob, target: JobTracking, experiment_dir: str) -> list[dict[str, Any]]:
+def refit(job: TuningJob, target: JobTracking, experiment_dir: str, data: OfflineData) -> list[dict[str, Any]]:
     """Continue a job: finished trials stay as they are; unfinished and failed ones resume from
     their last checkpoints; the searcher continues with the observations it had."""
     connect()
     try:
-        tuner = tune.Tuner.restore(experiment_dir, trainable=_trainable(job, target),
+        tuner = tune.Tuner.restore(experiment_dir, trainable=_trainable(job, target, data),
                                    resume_unfinished=True, resume_errored=True)
         experiment_path = tuner.fit().experiment_path
     finally:
@@ -92,11 +93,14 @@ def saved_study(experiment_dir: str | Path):
         return pickle.load(f)["_ot_study"]
 
 
-def _trainable(job: TuningJob, target: JobTracking):
+def _trainable(job: TuningJob, target: JobTracking, data: OfflineData):
+    """The trial function with its resources. `with_parameters` puts `data` in Ray's object store
+    once (here, on the driver's node) and every trial gets it from there, on whichever node it
+    runs: no node but the driver's reads the dataset."""
     r = job.resources
     trial_bundle = {"CPU": r.cpus, **({"GPU": r.gpus} if r.gpus else {})}
     bundles = [trial_bundle] + [{"CPU": r.evaluator_cpus}] * r.evaluators
-    trainable = tune.with_parameters(run_trial, setup=TrialSetup(job, target))
+    trainable = tune.with_parameters(run_trial, setup=TrialSetup(job, target), data=data)
     return tune.with_resources(trainable, tune.PlacementGroupFactory(bundles))
 
 

@@ -10,7 +10,6 @@ own HTTP retries are kept short (`store.CLIENT_ENV`) so that a failed call costs
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import numbers
@@ -27,7 +26,7 @@ from pydantic import ValidationError
 
 from rlservice.config.presets import preset_values, resolve
 from rlservice.config.run import AgentConfig, RunConfig
-from rlservice.errors import ConfigError, DatasetError
+from rlservice.errors import ConfigError
 from rlservice.tracking import registry
 from rlservice.tracking.store import TrackingError, client, error_line, experiment_id
 
@@ -57,30 +56,14 @@ def git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def dataset_digest(dataset_id: str) -> str:
-    """sha256 over the names and bytes of the dataset's data files: two runs with the same digest
-    trained on the same data, whatever machine read it."""
-    from minari.storage import get_dataset_path
-
-    data = Path(get_dataset_path(dataset_id)) / "data"
-    if not data.is_dir():
-        raise DatasetError(f"dataset {dataset_id} not found locally in {get_dataset_path()}")
-    digest = hashlib.sha256()
-    for path in sorted(p for p in data.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(data).as_posix().encode() + b"\0")
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"
-
-
-def run_params(run_config: RunConfig, action_dim: int | None = None) -> dict[str, Any]:
-    """A run's params with stable names: agent.*, train.*, dataset.id, dataset.digest, preset,
-    git.commit (and dataset.action_dim, which some presets depend on), and for a preset the
-    paper's row (`preset.row`) and each preset value's source (`preset.source.<knob>`)."""
+def run_params(run_config: RunConfig, action_dim: int | None = None, *, digest: str) -> dict[str, Any]:
+    """A run's params with stable names: agent.*, train.*, dataset.id, dataset.digest (`digest`,
+    the loaded data's `OfflineData.digest`), preset, git.commit (and dataset.action_dim, which
+    some presets depend on), and for a preset the paper's row (`preset.row`) and each preset
+    value's source (`preset.source.<knob>`)."""
     params: dict[str, Any] = {
         "dataset.id": run_config.dataset.id,
-        "dataset.digest": dataset_digest(run_config.dataset.id),
+        "dataset.digest": digest,
         "preset": run_config.preset or "none",
         "git.commit": git_commit() or "unknown",
         "agent": run_config.agent.model_dump(),
@@ -259,7 +242,7 @@ def log_training_run(uri: str, experiment: str, trainer, *, name: str | None = N
     if run_file.is_file():
         tags = {**(tags or {}), "resumed_from": json.loads(run_file.read_text())["run_id"]}
     run = TrialRun(uri, experiment, None, name or trainer.run_dir.name,
-                   run_params(trainer.config, action_dim=int(trainer.data.actions.shape[1])), tags)
+                   run_params(trainer.config, action_dim=int(trainer.data.actions.shape[1]), digest=trainer.data.digest), tags)
     trainer.run_dir.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps({"run_id": run.run_id}))
     try:

@@ -44,9 +44,10 @@ def check_tracking(cli_uri: str | None) -> str:
     return uri
 
 
-def start_job(uri: str, job: TuningJob, name: str) -> JobTracking:
+def start_job(uri: str, job: TuningJob, name: str, digest: str) -> JobTracking:
+    """The job's parent run; `digest` is that of the data the driver loaded (`OfflineData.digest`)."""
     params = {
-        "dataset.id": job.dataset.id, "dataset.digest": runs.dataset_digest(job.dataset.id),
+        "dataset.id": job.dataset.id, "dataset.digest": digest,
         "preset": job.preset or "none", "trials": job.trials, "steps": job.steps, "eval_every": job.eval_every,
         "eval_episodes": job.eval_episodes, "seeds_per_trial": job.seeds_per_trial, "scheduler": job.scheduler.model_dump(),
         "searched": ",".join(job.search_space), "fixed": job.fixed, "selection": job.selection,
@@ -148,14 +149,14 @@ class TrialTracking:
 
     @classmethod
     def open(cls, target: JobTracking, run_dir: Path, name: str, knobs: dict[str, Any], run_config: RunConfig,
-             action_dim: int, node_id: str) -> "TrialTracking":
+             action_dim: int, node_id: str, digest: str) -> "TrialTracking":
         """Start the trial's run; on a retry, end the run of the attempt that was cut short."""
         run_file = run_dir / RUN_FILE
         previous = json.loads(run_file.read_text())["run_id"] if run_file.is_file() else None
         client = store.client(target.uri)
         if previous and _ended(client, previous) and client.get_run(previous).data.tags.get("status") != "interrupted":
             return cls(None, previous)
-        params = {**runs.run_params(run_config, action_dim), "searched": knobs}
+        params = {**runs.run_params(run_config, action_dim, digest=digest), "searched": knobs}
         run = runs.TrialRun(target.uri, target.experiment, target.parent_run_id, name, params,
                                 tags={"tune_trial": name, "ray_node_id": node_id})
         if previous:

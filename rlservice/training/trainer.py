@@ -106,7 +106,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         t = run_config.train
         check_device(t.device)
-        self.data = data if data is not None else load_offline_data(run_config.dataset.id, download=run_config.dataset.download)
+        ds = run_config.dataset
+        self.data = data if data is not None else load_offline_data(ds.id, download=ds.download, uri=ds.uri)
         d = self.data
         self.normalizer = (
             ObservationNormalizer.fit(d.observations)
@@ -189,8 +190,9 @@ class Trainer:
     def from_checkpoint(cls, checkpoint_dir: str | Path, run_dir: str | Path | None = None,
                         data: OfflineData | None = None, **train_overrides) -> "Trainer":
         """Rebuild a trainer (data, learner, normaliser, history) from a checkpoint directory; with
-        `train_overrides` (e.g. steps=...) the training budget can be extended; `data`, if given,
-        is the checkpoint's dataset already loaded."""
+        `train_overrides` (e.g. steps=...) the training budget can be extended. `data` is the
+        dataset when the caller has it already (a Tune trial gets it from the driver); else it
+        is read as the checkpoint's config says."""
         _, run_config, _ = load_checkpoint(checkpoint_dir)
         if train_overrides:
             try:

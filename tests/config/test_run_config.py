@@ -88,3 +88,16 @@ def test_unknown_preset_and_missing_dataset():
     with pytest.raises(ConfigError, match="unknown key 'agnet'"):
         build_run_config(HOPPER, "td3bc", yaml_spec={"agnet": {}})
     assert set(PRESETS) == {"td3bc", "pars", "pani", "dmg", "iql"}
+
+
+@pytest.mark.parametrize("uri, problem", [
+    ("s3://AKIAXXXX:secret@bucket/hopper", "credentials and options do not belong in the URI"),
+    ("s3://bucket/hopper?access_key=AKIAXXXX", "credentials and options do not belong in the URI"),
+    ("/mnt/datasets/hopper", "expected a URI"),
+])
+def test_a_dataset_uri_names_storage_never_credentials(uri, problem):
+    with pytest.raises(ConfigError, match=problem) as raised:
+        build_run_config("mujoco/hopper/medium-v0", None, None, {"dataset.uri": uri})
+    assert "\n" not in str(raised.value)
+    ok = build_run_config("mujoco/hopper/medium-v0", None, None, {"dataset.uri": "s3://bucket/datasets/hopper-medium-v0"})
+    assert ok.dataset.uri == "s3://bucket/datasets/hopper-medium-v0"

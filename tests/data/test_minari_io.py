@@ -277,3 +277,33 @@ def test_random_dataset_needs_a_reference_expert_return(minari_root):
     with pytest.raises(DatasetError, match="no reference expert return for env InvertedPendulum-v5"):
         build_random_dataset("InvertedPendulum-v5", 100)
     assert list_local_datasets() == []
+
+
+def test_a_dataset_at_a_file_uri_loads_as_the_local_copy_and_stays_out_of_the_minari_root(
+        hopper_random_dataset, tmp_path, monkeypatch):
+    from minari.storage import get_dataset_path
+
+    local = load_offline_data(hopper_random_dataset, download=False)
+    shared = tmp_path / "shared" / "hopper-random-v0"  # "shared storage": outside every Minari root
+    shutil.copytree(get_dataset_path(hopper_random_dataset), shared)
+    empty_root = tmp_path / "minari"
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(empty_root))
+    with pytest.raises(DatasetError, match="not found"):
+        load_offline_data(hopper_random_dataset, download=False)
+
+    fetched = load_offline_data(hopper_random_dataset, download=False, uri=shared.as_uri())
+    for field in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts",
+                  "action_low", "action_high", "episode_returns"):
+        np.testing.assert_array_equal(getattr(fetched, field), getattr(local, field), err_msg=field)
+    assert (fetched.env_id, fetched.ref_min_score, fetched.ref_max_score) == (local.env_id, local.ref_min_score,
+                                                                             local.ref_max_score)
+    assert fetched.digest == local.digest and fetched.digest.startswith("sha256:")
+    assert not [p for p in empty_root.rglob("*") if p.is_file()]  # read into memory, never installed
+
+    with pytest.raises(DatasetError, match=f"holds dataset '{hopper_random_dataset}', not 'rlservice/hopper-v5/medium-v0'"):
+        load_offline_data("rlservice/hopper-v5/medium-v0", uri=shared.as_uri())
+    with pytest.raises(DatasetError, match="no Minari dataset there") as missing:
+        load_offline_data(hopper_random_dataset, uri=(tmp_path / "nowhere").as_uri())
+    assert "\n" not in str(missing.value)
+    with pytest.raises(DatasetError, match="could not be read"):
+        load_offline_data(hopper_random_dataset, uri="nosuchscheme://bucket/x")

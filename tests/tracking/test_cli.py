@@ -87,3 +87,21 @@ def test_ui_serves_the_embedded_store_until_stopped(free_port, tmp_path):
                 ui.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(ui.pid, signal.SIGKILL)
+
+
+def test_train_reads_a_dataset_uri_with_an_empty_minari_root(hopper_random_dataset, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from minari.storage import get_dataset_path
+
+    shared = tmp_path / "shared" / "hopper-random-v0"
+    shutil.copytree(get_dataset_path(hopper_random_dataset), shared)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "empty-minari"))
+    code = main(["train", "--dataset", hopper_random_dataset, "--dataset-uri", shared.as_uri(), "--preset", "td3bc",
+                 "--steps", "20", "--eval-every", "20", "--eval-episodes", "1", "--set", "critic_hidden=8",
+                 "--set", "actor_hidden=8", "--out", str(tmp_path / "run"), "--no-tracking", "--no-progress", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["steps"] == 20 and out["normalized_score"] is not None
+    config = json.loads((tmp_path / "run" / "latest" / "config.json").read_text())
+    assert config["run"]["dataset"]["uri"] == shared.as_uri()  # a resume reads the same place
+    assert not [p for p in (tmp_path / "empty-minari").rglob("*") if p.is_file()]

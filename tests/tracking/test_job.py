@@ -11,6 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from rlservice.cli import main
+from rlservice.data.minari_io import dataset_digest
 from rlservice.tracking import runs
 from rlservice.training.trainer import Trainer
 
@@ -26,7 +27,7 @@ def job(mlflow_server, hopper_random_dataset, tiny_run_config, one_thread, tmp_p
     for i, pa_alpha in enumerate(PA_ALPHAS):
         run_config = tiny_run_config(seed=i, pa_alpha=pa_alpha)
         trainer = Trainer(run_config, tmp_path_factory.mktemp(f"trial{i}"))
-        run = runs.TrialRun(uri, EXPERIMENT, parent, f"trial-{i}", runs.run_params(run_config, action_dim=3))
+        run = runs.TrialRun(uri, EXPERIMENT, parent, f"trial-{i}", runs.run_params(run_config, action_dim=3, digest=trainer.data.digest))
         calls = []
 
         def record(step, metrics, run=run, calls=calls):
@@ -59,7 +60,7 @@ def test_parent_and_child_runs_are_nested_with_lineage_params(job, hopper_random
         params = run.data.params
         assert float(params["agent.pa_alpha"]) == pa_alpha
         assert params["dataset.id"] == hopper_random_dataset
-        assert params["dataset.digest"] == runs.dataset_digest(hopper_random_dataset)
+        assert params["dataset.digest"] == dataset_digest(hopper_random_dataset)
         assert params["preset"] == "td3bc" and params["train.steps"] == "100"
         assert params["git.commit"] == (runs.git_commit() or "unknown")
 
@@ -112,7 +113,7 @@ def test_best_trial_is_registered_with_lineage(job, hopper_random_dataset):
     assert tags["run_id"] == best["run_id"] and tags["parent_run_id"] == job["parent"]
     assert tags["dataset"] == hopper_random_dataset and tags["preset"] == "td3bc"
     assert float(tags["score"]) == pytest.approx(best["score"])
-    assert tags["dataset_digest"] == runs.dataset_digest(hopper_random_dataset)
+    assert tags["dataset_digest"] == dataset_digest(hopper_random_dataset)
 
 
 def test_best_command_lists_trials_in_score_order(job, hopper_random_dataset, capsys):

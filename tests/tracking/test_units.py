@@ -8,6 +8,7 @@ import pytest
 from minari.storage import get_dataset_path
 
 from rlservice.config.run import build_run_config
+from rlservice.data.minari_io import dataset_digest
 from rlservice.errors import RLServiceError
 from rlservice.paths import home
 from rlservice.tracking import figures, runs, store
@@ -41,23 +42,23 @@ def test_unreachable_server_is_one_line(free_port):
 
 
 def test_dataset_digest_follows_the_data(hopper_random_dataset, tmp_path, monkeypatch):
-    digest = runs.dataset_digest(hopper_random_dataset)
+    digest = dataset_digest(hopper_random_dataset)
     assert digest.startswith("sha256:") and len(digest) == len("sha256:") + 64
     copy = tmp_path / "minari" / hopper_random_dataset
     shutil.copytree(get_dataset_path(hopper_random_dataset), copy)
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     assert get_dataset_path(hopper_random_dataset) == copy
-    assert runs.dataset_digest(hopper_random_dataset) == digest  # a copy elsewhere: same data, same digest
+    assert dataset_digest(hopper_random_dataset) == digest  # a copy elsewhere: same data, same digest
     data = sorted(p for p in (copy / "data").rglob("*") if p.is_file())
     data[-1].write_bytes(data[-1].read_bytes() + b" ")
-    assert runs.dataset_digest(hopper_random_dataset) != digest
+    assert dataset_digest(hopper_random_dataset) != digest
     with pytest.raises(RLServiceError, match="not found locally"):
-        runs.dataset_digest("rlservice/nowhere/random-v0")
+        dataset_digest("rlservice/nowhere/random-v0")
 
 
 def test_run_params_are_flat_and_changed_knobs_are_those_off_the_preset(hopper_random_dataset):
     run_config = build_run_config(hopper_random_dataset, "pars", None, {"pa_alpha": 0.001, "noise_sigma": 0.2}, action_dim=3)
-    params = runs.flatten_params(runs.run_params(run_config, action_dim=3))
+    params = runs.flatten_params(runs.run_params(run_config, action_dim=3, digest="sha256:0"))
     assert params["agent.pa_alpha"] == "0.001" and params["agent.num_critics"] == "10"
     # the paper's row and each preset value's source (PARS Table 11: hopper-random alpha 1e-2)
     assert params["preset.row"] == "hopper-random"
