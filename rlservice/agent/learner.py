@@ -29,7 +29,8 @@ import torch
 from rlservice.agent import dmg, pani, pars
 from rlservice.agent.adam import FusedAdam, cosine_lr
 from rlservice.agent.allocator import retain_freed_memory
-from rlservice.agent.networks import Actor, CriticEnsemble, ValueNet, seed_view
+from rlservice.agent.matmul import Choice, resolve
+from rlservice.agent.networks import Actor, CriticEnsemble, ValueNet, seed_view, use_matmul
 from rlservice.config.run import AgentConfig, TrainConfig
 
 # Seeds per group on a CPU: as many as keep the widest activation (the critics' hidden layer)
@@ -121,11 +122,13 @@ class Learner:
         device: str | torch.device = "cpu",
         compile: bool = False,
         seed_group: int | None = None,
+        matmul: Choice = "auto",
     ):
         """`reward_min` is the raw minimum reward (config `reward_min` wins over it); `total_steps`
         sets the horizon of the cosine actor schedule; `compile` runs the networks through
         `torch.compile` (same results to float tolerance, a slow first few steps); `seed_group`
-        seeds run their forward and backward together (default all)."""
+        seeds run their forward and backward together (default all); `matmul` is the kernel of the
+        networks' matmuls (rlservice.agent.matmul: "auto" measures which is faster here)."""
         retain_freed_memory()  # any process that runs steps; else each step re-faults its activations' pages
         self.cfg, self.seeds, self.device = cfg, seeds, torch.device(device)
         self.obs_dim, self.act_dim = obs_dim, act_dim
@@ -136,9 +139,10 @@ class Learner:
                 seeds, cfg.num_critics, obs_dim, act_dim, cfg.critic_hidden, cfg.critic_layers, cfg.critic_layernorm
             )
             self.value = ValueNet(seeds, obs_dim, cfg.critic_hidden, cfg.critic_layers) if cfg.has_value_net else None
+        self.matmul = resolve(matmul, self.device)
         for net in (self.actor, self.critic, self.value):
             if net is not None:
-                net.to(self.device)
+                use_matmul(net.to(self.device), self.matmul)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.nets = Nets(seeds, self.actor, self.critic, self.value, self.actor_target, self.critic_target)

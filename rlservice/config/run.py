@@ -108,6 +108,9 @@ class TrainConfig(_Spec):
         None, ge=1, description="seeds whose forward and backward run together; default: all on a GPU, "
         "as many as stay in cache on a CPU")
     compile: bool = Field(False, description="torch.compile the networks (slow first steps; faster for large ensembles)")
+    matmul: Literal["auto", "aten", "onednn"] = Field(
+        "auto", description="kernel of the networks' matmuls on a CPU: auto = the faster of ATen and oneDNN, "
+        "measured once per process")
     device: str = "cpu"
     checkpoint_dir: str | None = None
 

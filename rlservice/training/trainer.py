@@ -108,6 +108,7 @@ class Trainer:
             device=t.device,
             compile=t.compile,
             seed_group=seed_group_size(run_config.agent, t),
+            matmul=t.matmul,
         )
         cfg = run_config.agent
         max_abs_reward = float(np.abs(d.rewards + cfg.reward_shift).max())
