@@ -19,6 +19,7 @@ import time
 from typing import Literal, Optional
 
 import torch
+from torch.utils.flop_counter import register_flop_formula
 
 Kernel = Literal["aten", "onednn"]
 Choice = Literal["auto", "aten", "onednn"]
@@ -41,6 +42,13 @@ def member_linear(x: torch.Tensor, weight_t: torch.Tensor, bias: Optional[torch.
 @member_linear.register_fake
 def _(x, weight_t, bias):
     return x.new_empty(x.shape[0], x.shape[1], weight_t.shape[1])
+
+
+@register_flop_formula(torch.ops.rlservice.member_linear)
+def _flops(x_shape, weight_t_shape, bias_shape, out_shape=None, **kwargs) -> int:
+    """For torch.utils.flop_counter: 2 FLOP (multiply, add) per term of each member's product."""
+    members, rows, inner = x_shape
+    return 2 * members * rows * inner * weight_t_shape[1]
 
 
 def _setup_context(ctx, inputs, output):
