@@ -39,8 +39,8 @@ import torch
 from reference_td3bc import TD3BC, synthetic_data
 
 from rlservice.agent.flops import Matmul, cycle_matmuls, step_flops
-from rlservice.agent.learner import Learner, seed_group_size
-from rlservice.agent.matmul import Kernel, batched_linear, member_linear, onednn_available, resolve
+from rlservice.agent.learner import Learner, matmul_kernel, seed_group_size
+from rlservice.agent.matmul import Kernel, batched_linear, member_linear, onednn_available
 from rlservice.config.run import RunConfig, build_run_config, parse_overrides
 from rlservice.data.buffer import ReplayBuffer
 
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.compare_reference:
         candidates.append(reference_candidate(run, data, args.warmup))
 
-    kernel = resolve(args.matmul, device)  # what the learner runs on (auto: measured once, cached)
+    kernel = matmul_kernel(args.matmul, device)  # what the learner runs on (auto: measured once, cached)
     by_kernel = matmul_peak(device, args.peak_size, repeats=10)
     ensemble = ensemble_layer_flops(device, k * cfg.num_critics, cfg.critic_rows(batch), cfg.critic_hidden, repeats=10)
     ceiling = matmul_ceiling(cycle_matmuls(cfg, OBS_DIM, ACT_DIM, batch, k), kernel, device, repeats=10)

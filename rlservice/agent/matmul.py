@@ -8,14 +8,12 @@ be computed in bf16/tf32), so `member_linear` runs one oneDNN linear per member;
 is two more `member_linear`s, so forward and backward both run on oneDNN. It is a
 `torch.library` custom op with a registered backward, which `torch.compile` sees through.
 
-`resolve("auto", device)` measures both kernels once per process at an ensemble layer's shape,
-forward and backward, and picks the faster; on a GPU, or where oneDNN is missing, it is ATen.
+The choice of kernel ("auto" measures it: rlservice.agent.networks.matmul_kernel) is made
+once per process; on a GPU, or where oneDNN is missing, it is ATen.
 """
 
 from __future__ import annotations
 
-import functools
-import time
 from typing import Literal, Optional
 
 import torch
@@ -73,33 +71,3 @@ def batched_linear(kernel: Kernel, x: torch.Tensor, weight: torch.Tensor, bias: 
     if kernel == "onednn":
         return member_linear(x, weight.mT, bias)
     return torch.baddbmm(bias, x, weight)
-
-
-def resolve(choice: Choice, device: str | torch.device) -> Kernel:
-    """The kernel to run: ATen off the CPU or without oneDNN; for "auto" the faster one here."""
-    if torch.device(device).type != "cpu" or not onednn_available():
-        return "aten"
-    return fastest_cpu_kernel() if choice == "auto" else choice
-
-
-@functools.cache
-def fastest_cpu_kernel(members: int = 2, rows: int = 256, width: int = 256, repeats: int = 5) -> Kernel:
-    """Times a hidden layer of a 2-critic ensemble, forward and backward through autograd, on each
-    kernel in interleaved repeats (about 0.1 s on 2 cores); the lower best time wins."""
-    x = torch.randn(members, rows, width, requires_grad=True)
-    weight = torch.randn(members, width, width, requires_grad=True)
-    bias = torch.randn(members, 1, width, requires_grad=True)
-    best = {"aten": float("inf"), "onednn": float("inf")}
-
-    def step(kernel: Kernel) -> None:
-        batched_linear(kernel, x, weight, bias).sum().backward()
-
-    for kernel in best:
-        step(kernel)  # first calls build oneDNN's primitives
-    for _ in range(repeats):
-        for kernel in best:
-            start = time.perf_counter()
-            for _ in range(3):
-                step(kernel)
-            best[kernel] = min(best[kernel], time.perf_counter() - start)
-    return min(best, key=best.get)

@@ -173,3 +173,4 @@ def use_matmul(net: nn.Module, kernel: Kernel) -> nn.Module:
         if isinstance(module, BatchedLinear):
             module.kernel = kernel
     return net
+

@@ -3,7 +3,6 @@ forward, every gradient, whole learner steps and checkpoints; and the choice fal
 
 import copy
 import io
-import time
 
 import pytest
 import torch
@@ -11,6 +10,8 @@ from batches import random_batch
 
 from rlservice.agent import matmul
 from rlservice.agent.learner import Learner
+import rlservice.agent.learner as learner_module
+from rlservice.agent import networks as networks_module
 from rlservice.agent.networks import Actor, BatchedLinear, CriticEnsemble, ValueNet, use_matmul
 from rlservice.config.run import AgentConfig, TrainConfig
 
@@ -117,28 +118,26 @@ def test_checkpoint_from_one_kernel_continues_on_the_other(saved_on, loaded_on):
 
 
 def test_choice_falls_back_to_aten_without_onednn_or_off_the_cpu(monkeypatch):
-    assert matmul.resolve("onednn", "cuda") == matmul.resolve("auto", "cuda") == "aten"
+    assert learner_module.matmul_kernel("onednn", "cuda") == learner_module.matmul_kernel("auto", "cuda") == "aten"
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
-    assert matmul.resolve("onednn", "cpu") == matmul.resolve("auto", "cpu") == "aten"
+    assert learner_module.matmul_kernel("onednn", "cpu") == learner_module.matmul_kernel("auto", "cpu") == "aten"
     lrn = learner(CONFIGS["td3bc"], "onednn")
     assert lrn.matmul == "aten" and all(kernels_of(n) == {"aten"} for n in lrn.networks().values())
     lrn.update(random_batch(2, 16, 5, 3))
 
 
-def test_auto_picks_the_kernel_that_measured_faster(monkeypatch):
-    real = matmul.batched_linear
-
-    def slowed(slow):
-        def run(kernel, *args):
-            if kernel == slow:
-                time.sleep(0.05)  # far longer than a 16 x 16 layer takes on either kernel
-            return real(kernel, *args)
-        return run
-
+def test_auto_picks_the_kernel_whose_steps_measured_faster(monkeypatch):
+    """A clock that only the slow kernel's layers advance: the choice must follow the clock."""
+    real, clock = networks_module.batched_linear, [0.0]
+    monkeypatch.setattr(learner_module.time, "perf_counter", lambda: clock[0])
     for slow, fast in (("aten", "onednn"), ("onednn", "aten")):
-        monkeypatch.setattr(matmul, "batched_linear", slowed(slow))
-        assert matmul.fastest_cpu_kernel.__wrapped__(members=2, rows=16, width=16, repeats=2) == fast
-    assert matmul.resolve("auto", "cpu") in ("aten", "onednn")
+        def timed(kernel, *args, slow=slow):
+            clock[0] += kernel == slow
+            return real(kernel, *args)
+        monkeypatch.setattr(networks_module, "batched_linear", timed)
+        assert learner_module.fastest_cpu_kernel.__wrapped__(hidden=16, repeats=1) == fast
+    monkeypatch.undo()
+    assert learner_module.matmul_kernel("auto", "cpu") in ("aten", "onednn")
 
 
 def test_train_config_takes_a_kernel_and_rejects_others():
