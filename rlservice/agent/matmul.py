@@ -8,8 +8,10 @@ be computed in bf16/tf32), so `member_linear` runs one oneDNN linear per member;
 is two more `member_linear`s, so forward and backward both run on oneDNN. It is a
 `torch.library` custom op with a registered backward, which `torch.compile` sees through.
 
-The choice of kernel ("auto" measures it: rlservice.agent.networks.matmul_kernel) is made
-once per process; on a GPU, or where oneDNN is missing, it is ATen.
+Faster matmuls do not make a faster step by themselves: each oneDNN call is one more op
+(a parallel region, Python dispatch), M of them per layer where ATen has one. So "auto"
+(rlservice.agent.learner.matmul_kernel) times whole learner steps on both kernels, once per
+process; on a GPU, or where oneDNN is missing, the kernel is ATen.
 """
 
 from __future__ import annotations
