@@ -1,14 +1,18 @@
 """Learner throughput: gradient steps/s and achieved FLOP/s against the machine's matmul peak.
 
     python benchmarks/learner.py [--preset P] [--set k=v ...] [--steps N] [--device D]
-        [--num-seeds K] [--seed-group G] [--compile] [--baseline k=v ...] [--compare-reference]
-        [--threads T] [--json]
+        [--num-seeds K] [--seed-group G] [--compile] [--matmul K] [--baseline k=v ...]
+        [--compare-reference] [--threads T] [--json]
 
 In one process it measures
-- peak: the best FLOP/s of a large square fp32 matmul (2 n^3 FLOP), before and after the rest;
+- peak: the best FLOP/s of a large square fp32 matmul (2 n^3 FLOP) on every fp32 matmul kernel
+  the build offers (ATen's default: MKL on a CPU, cuBLAS on a GPU; oneDNN's linear on a CPU),
+  before and after the rest; the best kernel's is the machine's peak. Each kernel is also timed
+  at the critic ensemble's hidden layer (members x [batch, hidden] @ [hidden, hidden]);
 - ceiling: the FLOP/s of the step's own matmuls (the shapes and transposes of the learner's
-  forward and backward, from rlservice.agent.flops) replayed alone, with nothing elementwise
-  in between: the most the learner could reach with these matrix sizes;
+  forward and backward, from rlservice.agent.flops, on the learner's kernel) replayed alone,
+  with nothing elementwise in between: the most the learner could reach with these matrix
+  sizes. The step's time splits into these matmuls' time and everything else;
 - learner: gradient steps/s on a synthetic HalfCheetah-shaped buffer on the device (17 obs,
   6 act), sampled exactly as the Trainer does, and the FLOP/s that achieves.
 With `--baseline k=v`, the same config with those overrides is timed too (e.g. noise_sigma=0 to
@@ -35,7 +39,8 @@ import torch
 from reference_td3bc import TD3BC, synthetic_data
 
 from rlservice.agent.flops import Matmul, cycle_matmuls, step_flops
-from rlservice.agent.learner import Learner, seed_group_size
+from rlservice.agent.learner import Learner, matmul_kernel, seed_group_size
+from rlservice.agent.matmul import Kernel, batched_linear, member_linear, onednn_available
 from rlservice.config.run import RunConfig, build_run_config, parse_overrides
 from rlservice.data.buffer import ReplayBuffer
 
@@ -60,14 +65,32 @@ def best_seconds(fn: Callable[[], None], device: torch.device, repeats: int) -> 
     return best
 
 
-def matmul_peak(device: torch.device, n: int, repeats: int) -> float:
+def kernels(device: torch.device) -> list[Kernel]:
+    """The fp32 matmul kernels this build offers on `device`."""
+    return ["aten", "onednn"] if device.type == "cpu" and onednn_available() else ["aten"]
+
+
+def matmul_peak(device: torch.device, n: int, repeats: int) -> dict[Kernel, float]:
+    """FLOP/s of an n x n fp32 matmul on each kernel."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    return 2 * n**3 / best_seconds(lambda: a @ b, device, repeats)
+    b_t = b.mT.contiguous()  # oneDNN's linear takes the weight as [out, in]
+    ops = {"aten": lambda: a @ b, "onednn": lambda: torch.ops.mkldnn._linear_pointwise(a, b_t, None, "none", [], "")}
+    return {k: 2 * n**3 / best_seconds(ops[k], device, repeats) for k in kernels(device)}
 
 
-def matmul_ceiling(matmuls: list[Matmul], device: torch.device, repeats: int) -> float:
+def ensemble_layer_flops(device: torch.device, members: int, rows: int, width: int, repeats: int) -> dict[Kernel, float]:
+    """FLOP/s of a hidden layer of the critic ensemble (members x [rows, width] @ [width, width]
+    plus bias) on each kernel, as BatchedLinear runs it."""
+    x, w = torch.randn(members, rows, width, device=device), torch.randn(members, width, width, device=device)
+    bias = torch.randn(members, 1, width, device=device)
+    return {k: 2 * members * rows * width**2 / best_seconds(lambda k=k: batched_linear(k, x, w, bias), device, repeats)
+            for k in kernels(device)}
+
+
+def matmul_ceiling(matmuls: list[Matmul], kernel: Kernel, device: torch.device, repeats: int) -> float:
     """FLOP/s of `matmuls` run back to back with the kernels the learner's forward and backward
-    use (rlservice.agent.networks.BatchedLinear; single-output heads in their own orientation)."""
+    use (rlservice.agent.networks.BatchedLinear on `kernel`; single-output heads in their own
+    orientation)."""
     ops = []
     for m in matmuls:
         x = torch.randn(m.members, m.rows, m.in_features, device=device)
@@ -78,6 +101,10 @@ def matmul_ceiling(matmuls: list[Matmul], device: torch.device, repeats: int) ->
             kinds = {"forward": lambda x=x, w=w, bias=bias: torch.baddbmm(bias, w.mT, x.mT),
                      "weight_grad": lambda x=x, g=g: torch.bmm(g.mT, x),
                      "input_grad": lambda g=g, w=w: g * w.mT}
+        elif kernel == "onednn":  # as rlservice.agent.matmul's backward runs them
+            kinds = {"forward": lambda x=x, w=w, bias=bias: member_linear(x, w.mT, bias),
+                     "weight_grad": lambda x=x, g=g: member_linear(g.mT, x.mT, None),
+                     "input_grad": lambda g=g, w=w: member_linear(g, w, None)}
         else:
             kinds = {"forward": lambda x=x, w=w, bias=bias: torch.baddbmm(bias, x, w),
                      "weight_grad": lambda x=x, g=g: torch.bmm(x.mT, g),
@@ -105,7 +132,7 @@ def learner_candidate(name: str, run: RunConfig, buffer: ReplayBuffer, warmup: i
     """The learner as the Trainer builds it (seed groups and compilation from `run.train`)."""
     t = run.train
     learner = Learner(run.agent, OBS_DIM, ACT_DIM, reward_min=-1.0, seeds=t.num_seeds, seed=t.seed,
-                      device=t.device, compile=t.compile, seed_group=seed_group_size(run.agent, t))
+                      device=t.device, compile=t.compile, seed_group=seed_group_size(run.agent, t), matmul=t.matmul)
 
     def step():
         learner.update(buffer.sample(learner.generator, t.num_seeds, t.batch_size))
@@ -167,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--num-seeds", type=int, default=1)
     p.add_argument("--seed-group", type=int, help="seeds run together (default: as the Trainer chooses)")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    p.add_argument("--matmul", choices=["auto", "aten", "onednn"], default="auto",
+                   help="the learner's matmul kernel (train.matmul); auto: the faster one here")
     p.add_argument("--baseline", action="append", default=[], metavar="K=V",
                    help="also time the config with these overrides and report the overhead over it")
     p.add_argument("--compare-reference", action="store_true", help="also time reference_td3bc.py (td3bc only)")
@@ -180,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--compare-reference needs --preset td3bc (the reference is TD3+BC)")
 
     overrides = {**parse_overrides(args.sets), "train.num_seeds": args.num_seeds, "train.device": args.device,
-                 "train.seed_group": args.seed_group, "train.compile": args.compile}
+                 "train.seed_group": args.seed_group, "train.compile": args.compile, "train.matmul": args.matmul}
     run = build_run_config(DATASET, args.preset, overrides=overrides)
     device, cfg, k, batch = torch.device(args.device), run.agent, args.num_seeds, run.train.batch_size
 
@@ -197,20 +226,27 @@ def main(argv: list[str] | None = None) -> dict:
     if args.compare_reference:
         candidates.append(reference_candidate(run, data, args.warmup))
 
-    peak_before = matmul_peak(device, args.peak_size, repeats=10)
-    ceiling = matmul_ceiling(cycle_matmuls(cfg, OBS_DIM, ACT_DIM, batch, k), device, repeats=10)
+    kernel = matmul_kernel(args.matmul, device)  # what the learner runs on (auto: measured once, cached)
+    by_kernel = matmul_peak(device, args.peak_size, repeats=10)
+    ensemble = ensemble_layer_flops(device, k * cfg.num_critics, cfg.critic_rows(batch), cfg.critic_hidden, repeats=10)
+    ceiling = matmul_ceiling(cycle_matmuls(cfg, OBS_DIM, ACT_DIM, batch, k), kernel, device, repeats=10)
     other_cores = time_interleaved(candidates, args.steps, args.repeats, device)
-    peak = max(peak_before, matmul_peak(device, args.peak_size, repeats=10))  # the machine's speed drifts
+    after = matmul_peak(device, args.peak_size, repeats=10)  # the machine's speed drifts
+    by_kernel = {name: max(flops, after[name]) for name, flops in by_kernel.items()}
+    peak = max(by_kernel.values())
 
     flops = step_flops(cfg, OBS_DIM, ACT_DIM, batch, k)
     main_c = candidates[0]
     rate = max(main_c.rates)
+    matmul_seconds = flops / ceiling
     result = {
         "preset": args.preset, "overrides": args.sets, "device": str(device), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "num_seeds": k, "seed_group": seed_group_size(cfg, run.train),
         "batch_size": batch, "obs_dim": OBS_DIM,
-        "act_dim": ACT_DIM, "compile": args.compile, "steps": args.steps, "repeats": args.repeats,
-        "peak_flops": peak, "ceiling_flops": ceiling, "ceiling_ratio": ceiling / peak,
+        "act_dim": ACT_DIM, "compile": args.compile, "matmul": kernel, "steps": args.steps, "repeats": args.repeats,
+        "peak_flops": peak, "peak_flops_by_kernel": by_kernel, "peak_size": args.peak_size,
+        "ensemble_layer_flops_by_kernel": ensemble, "ceiling_flops": ceiling, "ceiling_ratio": ceiling / peak,
+        "matmul_seconds_per_step": matmul_seconds, "other_seconds_per_step": 1 / rate - matmul_seconds,
         "flops_per_step": flops, "steps_per_second": rate,
         "steps_per_second_median": statistics.median(main_c.rates),
         "achieved_flops": flops * rate, "peak_ratio": flops * rate / peak,
@@ -245,12 +281,17 @@ def report(r: dict) -> str:
     g = 1e9
     lines = [
         f"{r['preset']} {' '.join(r['overrides'])} | {r['device']}, torch {r['torch']}, {r['threads']} threads, "
-        f"{r['num_seeds']} seed(s) in groups of {r['seed_group']}, batch {r['batch_size']}, compile={r['compile']}",
-        f"matmul peak        {r['peak_flops'] / g:8.1f} GFLOP/s",
+        f"{r['num_seeds']} seed(s) in groups of {r['seed_group']}, batch {r['batch_size']}, compile={r['compile']}, "
+        f"matmul={r['matmul']}",
+        *(f"matmul peak {name:7}{flops / g:8.1f} GFLOP/s at {r['peak_size']}^2; "
+          f"{r['ensemble_layer_flops_by_kernel'][name] / g:.1f} GFLOP/s at the ensemble's hidden layer"
+          for name, flops in r["peak_flops_by_kernel"].items()),
         f"step's matmuls     {r['ceiling_flops'] / g:8.1f} GFLOP/s alone ({100 * r['ceiling_ratio']:.0f}% of peak)",
         f"learner            {r['steps_per_second']:8.1f} steps/s (median {r['steps_per_second_median']:.1f}), "
         f"{r['flops_per_step'] / g:.3f} GFLOP/step, {r['achieved_flops'] / g:.1f} GFLOP/s = "
         f"{100 * r['peak_ratio']:.0f}% of peak; warm-up {r['warmup_seconds']:.1f} s",
+        f"per step           {1e3 * r['matmul_seconds_per_step']:.2f} ms in matmuls (at the rate they reach alone), "
+        f"{1e3 * r['other_seconds_per_step']:.2f} ms everything else",
     ]
     if r["other_processes_cores"] is not None:
         lines.append(f"other processes kept {r['other_processes_cores']:.2f} of {os.cpu_count()} cores busy while timing")

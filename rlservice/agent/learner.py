@@ -19,6 +19,8 @@ chooses to (every `log_every` steps).
 from __future__ import annotations
 
 import copy
+import functools
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from functools import cached_property
@@ -29,7 +31,8 @@ import torch
 from rlservice.agent import dmg, pani, pars
 from rlservice.agent.adam import FusedAdam, cosine_lr
 from rlservice.agent.allocator import retain_freed_memory
-from rlservice.agent.networks import Actor, CriticEnsemble, ValueNet, seed_view
+from rlservice.agent.matmul import Choice, Kernel, onednn_available
+from rlservice.agent.networks import Actor, CriticEnsemble, ValueNet, seed_view, use_matmul
 from rlservice.config.run import AgentConfig, TrainConfig
 
 # Seeds per group on a CPU: as many as keep the widest activation (the critics' hidden layer)
@@ -95,6 +98,36 @@ def seed_group_size(cfg: AgentConfig, train: TrainConfig) -> int:
     return max(1, min(train.num_seeds, CPU_GROUP_BYTES // per_seed))
 
 
+def matmul_kernel(choice: Choice, device: str | torch.device) -> Kernel:
+    """The kernel to run: ATen off the CPU or without oneDNN; for "auto" the faster one here."""
+    if torch.device(device).type != "cpu" or not onednn_available():
+        return "aten"
+    return fastest_cpu_kernel() if choice == "auto" else choice
+
+
+@functools.cache
+def fastest_cpu_kernel(hidden: int = 256, repeats: int = 3) -> Kernel:
+    """Times whole learner steps (AgentConfig's defaults, a TD3+BC step, at HalfCheetah's sizes)
+    on each kernel in interleaved repeats and returns the one with the lower best time: what
+    the learner runs, dispatch overhead included (oneDNN's matmuls alone are faster on the
+    development machine; its steps were not). Once per process; ~0.1 s on an idle 2-core CPU."""
+    cfg = AgentConfig(critic_hidden=hidden, actor_hidden=hidden)
+    g = torch.Generator().manual_seed(0)
+    batch = Batch(torch.randn(1, 256, 17, generator=g), torch.rand(1, 256, 6, generator=g) * 2 - 1,
+                  torch.randn(1, 256, generator=g), torch.randn(1, 256, 17, generator=g), torch.zeros(1, 256))
+    learners = {kernel: Learner(cfg, 17, 6, reward_min=-1.0, matmul=kernel) for kernel in ("aten", "onednn")}
+    best = dict.fromkeys(learners, float("inf"))
+    for learner in learners.values():
+        learner.update(batch)  # first calls build oneDNN's primitives
+    for _ in range(repeats):
+        for kernel, learner in learners.items():
+            start = time.perf_counter()
+            learner.update(batch)  # steps 2, 4, ...: with the actor and the targets
+            learner.update(batch)
+            best[kernel] = min(best[kernel], time.perf_counter() - start)
+    return min(best, key=best.get)
+
+
 @contextmanager
 def frozen(params: list[torch.nn.Parameter]):
     """Differentiate through these parameters without computing their gradients."""
@@ -122,12 +155,14 @@ class Learner:
         compile: bool = False,
         seed_group: int | None = None,
         reward_factor: float = 1.0,
+        matmul: Choice = "aten",
     ):
         """`reward_min` is the raw minimum reward (config `reward_min` wins over it); `reward_factor`
         multiplies the rewards besides `reward_scale` (IQL's return-range normalisation); `total_steps`
         sets the horizon of the cosine actor schedule; `compile` runs the networks through
         `torch.compile` (same results to float tolerance, a slow first few steps); `seed_group`
-        seeds run their forward and backward together (default all)."""
+        seeds run their forward and backward together (default all); `matmul` is the kernel of the
+        networks' matmuls (rlservice.agent.matmul; "auto": the faster here, see `matmul_kernel`)."""
         retain_freed_memory()  # any process that runs steps; else each step re-faults its activations' pages
         self.cfg, self.seeds, self.device = cfg, seeds, torch.device(device)
         self.obs_dim, self.act_dim = obs_dim, act_dim
@@ -138,9 +173,10 @@ class Learner:
                 seeds, cfg.num_critics, obs_dim, act_dim, cfg.critic_hidden, cfg.critic_layers, cfg.critic_layernorm
             )
             self.value = ValueNet(seeds, obs_dim, cfg.critic_hidden, cfg.critic_layers) if cfg.has_value_net else None
+        self.matmul = matmul_kernel(matmul, self.device)
         for net in (self.actor, self.critic, self.value):
             if net is not None:
-                net.to(self.device)
+                use_matmul(net.to(self.device), self.matmul)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.nets = Nets(seeds, self.actor, self.critic, self.value, self.actor_target, self.critic_target)

@@ -2,7 +2,9 @@
 
 A member is one independent network: one critic of the ensemble, or one seed's actor. All
 members of a layer run as one batched matmul (`baddbmm` on weights shaped [M, in, out]),
-so N critics x K seeds cost one kernel launch per layer instead of N*K.
+so N critics x K seeds cost one kernel launch per layer instead of N*K. The hidden layers' matmuls
+run on ATen's kernels or oneDNN's (`rlservice.agent.matmul`; `use_matmul` picks), with the same
+parameters either way: a checkpoint does not depend on the kernel.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from rlservice.agent.matmul import Kernel, batched_linear
 
 
 class _SingleOutput(torch.autograd.Function):
@@ -40,11 +44,13 @@ class _SingleOutput(torch.autograd.Function):
 class BatchedLinear(nn.Module):
     """M independent Linear layers: x [M, B, in] -> [M, B, out].
 
-    Initialised like `nn.Linear` (uniform in +-1/sqrt(in) for weight and bias).
+    Initialised like `nn.Linear` (uniform in +-1/sqrt(in) for weight and bias). `kernel` runs
+    the matmuls of layers with more than one output (a single-output head runs as below).
     """
 
     def __init__(self, members: int, in_features: int, out_features: int):
         super().__init__()
+        self.kernel: Kernel = "aten"
         bound = 1.0 / math.sqrt(in_features)
         self.weight = nn.Parameter(torch.empty(members, in_features, out_features).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(members, 1, out_features).uniform_(-bound, bound))
@@ -55,7 +61,7 @@ class BatchedLinear(nn.Module):
             weight, bias = weight[members], bias[members]
         if weight.shape[-1] == 1:
             return _SingleOutput.apply(bias, x, weight)
-        return torch.baddbmm(bias, x, weight)
+        return batched_linear(self.kernel, x, weight, bias)
 
 
 class BatchedLayerNorm(nn.Module):
@@ -159,3 +165,12 @@ def seed_view(net: nn.Module, seeds: int, start: int, stop: int) -> nn.Module:
             members = p.shape[0] // seeds
             part._parameters[name] = nn.Parameter(p.detach()[start * members : stop * members], p.requires_grad)
     return view
+
+
+def use_matmul(net: nn.Module, kernel: Kernel) -> nn.Module:
+    """Runs every BatchedLinear of `net` on `kernel` ("aten" or "onednn"); returns `net`."""
+    for module in net.modules():
+        if isinstance(module, BatchedLinear):
+            module.kernel = kernel
+    return net
+

@@ -114,6 +114,12 @@ class TrainConfig(_Spec):
         None, ge=1, description="seeds whose forward and backward run together; default: all on a GPU, "
         "as many as stay in cache on a CPU")
     compile: bool = Field(False, description="torch.compile the networks (slow first steps; faster for large ensembles)")
+    # ATen by default: oneDNN's matmuls are faster here but its learner steps were 0.39-0.55x
+    # ATen's (README, Matmul kernels); and "auto" may choose differently in a resumed process,
+    # which would break a bit-exact --resume.
+    matmul: Literal["auto", "aten", "onednn"] = Field(
+        "aten", description="kernel of the networks' matmuls on a CPU: aten, onednn, or auto = the faster of "
+        "the two, measured once per process")
     device: str = "cpu"
     checkpoint_dir: str | None = None
 

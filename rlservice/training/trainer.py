@@ -130,6 +130,7 @@ class Trainer:
             compile=t.compile,
             seed_group=seed_group_size(run_config.agent, t),
             reward_factor=reward_factor(run_config.agent, d),
+            matmul=t.matmul,
         )
         cfg = run_config.agent
         max_abs_reward = float(np.abs(d.rewards + cfg.reward_shift).max())

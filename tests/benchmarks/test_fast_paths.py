@@ -2,6 +2,7 @@
 
 import contextlib
 
+import pytest
 import torch
 from batches import random_batch
 
@@ -44,12 +45,14 @@ def test_frozen_critic_gives_the_actor_the_plain_gradient_and_the_critic_none(mo
     assert all(p.requires_grad for p in lrn.critic.parameters())  # and the critic is trainable again after it
 
 
-def test_compiled_learner_takes_the_eager_learners_steps():
+@pytest.mark.parametrize("kernel", ["aten", "onednn"])  # compile sees through the oneDNN custom op
+def test_compiled_learner_takes_the_eager_learners_steps(kernel):
     cfg = AgentConfig(critic_hidden=8, actor_hidden=8, num_critics=3, critic_layernorm=True, pa_alpha=1e-3,
                       policy_noise=0.0)
     b = random_batch(2, 16, 3, 2, done_prob=0.0)
-    eager = Learner(cfg, 3, 2, reward_min=-1.0, seeds=2, seed=5)
-    compiled = Learner(cfg, 3, 2, reward_min=-1.0, seeds=2, seed=5, compile=True)
+    eager = Learner(cfg, 3, 2, reward_min=-1.0, seeds=2, seed=5, matmul=kernel)
+    compiled = Learner(cfg, 3, 2, reward_min=-1.0, seeds=2, seed=5, compile=True, matmul=kernel)
+    assert compiled.matmul == eager.matmul
     for _ in range(2):  # a critic step, then one with the actor and the targets
         torch.testing.assert_close(compiled.update(b), eager.update(b), rtol=1e-4, atol=1e-5)
     for name, net in eager.networks().items():

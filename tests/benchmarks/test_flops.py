@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rlservice.agent.flops import cycle_matmuls, step_flops
 from rlservice.agent.learner import Learner
+from rlservice.agent.matmul import onednn_available
 from rlservice.config.run import AgentConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,10 +51,11 @@ def test_hand_count_of_a_tiny_td3bc_step():
     (dict(algorithm="iql", dmg_lambda=0.0, awr_temperature=3.0, policy_freq=1), 1),  # IQL
     (dict(num_critics=4, actor_q="subset_mean", actor_q_subset=2, critic_layers=3, policy_freq=3), 2),
 ])
-def test_counter_matches_the_matmuls_a_step_runs(knobs, seeds):
+@pytest.mark.parametrize("kernel", ["aten", "onednn"])
+def test_counter_matches_the_matmuls_a_step_runs(knobs, seeds, kernel):
     cfg = AgentConfig(**{"critic_hidden": 16, "actor_hidden": 12, **knobs})
     obs, act, batch = 5, 3, 8
-    learner = Learner(cfg, obs, act, reward_min=-1.0, seeds=seeds)
+    learner = Learner(cfg, obs, act, reward_min=-1.0, seeds=seeds, matmul=kernel)
     b = random_batch(seeds, batch, obs, act, done_prob=0.0)
     with FlopCounterMode(display=False) as counter:
         for _ in range(cfg.policy_freq):  # one full cycle: critic steps and one actor step
@@ -77,6 +79,14 @@ def test_benchmark_prints_json_with_steps_and_a_flop_ratio():
     assert result["steps_per_second"] > 0
     assert 0 < result["peak_ratio"] <= 1.5
     assert result["flops_per_step"] > 0 and result["threads"] >= 1
+    # Every kernel of the build is measured, at the square size and the ensemble's layer; the best is the peak.
+    by_kernel = result["peak_flops_by_kernel"]
+    assert set(by_kernel) == ({"aten", "onednn"} if onednn_available() else {"aten"})
+    assert set(result["ensemble_layer_flops_by_kernel"]) == set(by_kernel)
+    assert result["peak_flops"] == max(by_kernel.values()) and min(by_kernel.values()) > 0
+    assert result["matmul"] in by_kernel
+    assert result["matmul_seconds_per_step"] > 0
+    assert result["matmul_seconds_per_step"] + result["other_seconds_per_step"] == pytest.approx(1 / result["steps_per_second"])
 
 
 def test_paired_median_compares_each_repeat_with_its_neighbour(monkeypatch):
