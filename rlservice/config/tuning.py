@@ -19,6 +19,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rlservice.config.presets import domain_of
 from rlservice.config.run import (
     AgentConfig,
     RunConfig,
@@ -119,6 +120,29 @@ class ResourcesSpec(_Spec):
     evaluator_cpus: float = Field(1.0, gt=0)
 
 
+# Environment seeds: evaluations during training (selection) use `seed + i` for their episodes,
+# confirmations use CONFIRMATION_SEED_BASE + i. A job's selection seeds must stay below the base,
+# so that no confirmation episode repeats an episode the search saw.
+CONFIRMATION_SEED_BASE = 1_000_000_000
+CONFIRM_EPISODES = {"antmaze": 100}  # default 50 elsewhere (MuJoCo)
+
+
+class ConfirmSpec(_Spec):
+    """After the search: the `top_k` trials with the best selection scores are evaluated again on
+    `episodes` fresh episodes per seed, at each checkpoint of `checkpoints`; 0 turns it off."""
+
+    top_k: int = Field(3, ge=0)
+    episodes: int | None = Field(None, ge=1, description="default 50, 100 on AntMaze")
+    checkpoints: list[Literal["best", "final"]] = Field(["best", "final"], min_length=1)
+
+    def episodes_for(self, dataset_id: str) -> int:
+        return self.episodes or CONFIRM_EPISODES.get(domain_of(dataset_id), 50)
+
+
+def confirmation_seeds(episodes: int) -> range:
+    return range(CONFIRMATION_SEED_BASE, CONFIRMATION_SEED_BASE + episodes)
+
+
 class MlflowSpec(_Spec):
     experiment: str = Field(min_length=1)
     registered_model: str = Field(min_length=1)
@@ -142,7 +166,12 @@ class TuningJob(_Spec):
     resources: ResourcesSpec = ResourcesSpec()
     max_concurrent: int = Field(1, ge=1)
     max_failures: int = Field(2, ge=0, description="retries of a failed trial, each from its last checkpoint")
+    confirm: ConfirmSpec = ConfirmSpec()
     mlflow: MlflowSpec
+
+    def selection_seeds(self) -> range:
+        """The environment seeds of every evaluation during training (each seed's policy, each step)."""
+        return range(self.seed, self.seed + self.eval_episodes)
 
     # ------------------------------------------------------------------ configs of trials
     def knob_overrides(self, sampled: dict[str, Any]) -> dict[str, Any]:
@@ -233,6 +262,9 @@ def validate_job(spec: dict[str, Any]) -> TuningJob:
     if job.dataset.build_steps is not None and not _buildable(job.dataset.id):
         raise ConfigError(f"dataset.build_steps={job.dataset.build_steps}: only rlservice/<env>/random-v0 datasets "
                           f"can be built where the job runs, not {job.dataset.id!r}")
+    if job.selection_seeds().stop > CONFIRMATION_SEED_BASE:
+        raise ConfigError(f"seed={job.seed}: with eval_episodes={job.eval_episodes} its evaluation seeds reach "
+                          f"the confirmation seeds (from {CONFIRMATION_SEED_BASE}); choose a smaller seed")
     if job.eval_every > job.steps:
         raise ConfigError(f"eval_every={job.eval_every}: exceeds steps={job.steps}; "
                           "a trial would be evaluated only at its end")

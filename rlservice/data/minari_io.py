@@ -7,6 +7,8 @@ Anything wrong with a dataset surfaces as a one-line :class:`DatasetError`.
 
 from __future__ import annotations
 
+import json
+
 import logging
 import math
 import numbers
@@ -123,6 +125,13 @@ def read_metadata(dataset_id: str) -> dict:
         return MinariStorage.read_raw_metadata(get_dataset_path(dataset_id) / "data")
     except ValueError:
         raise DatasetError(f"dataset {dataset_id} not found locally in {get_dataset_path()}") from None
+
+
+def evaluation_env(dataset_id: str) -> tuple[str, float, float]:
+    """(env id, ref_min_score, ref_max_score) of a local dataset, from its metadata alone."""
+    metadata = read_metadata(dataset_id)
+    ref_min, ref_max = _check_ref_scores(dataset_id, metadata.get("ref_min_score"), metadata.get("ref_max_score"))
+    return json.loads(metadata["env_spec"])["id"], ref_min, ref_max
 
 
 # ---------------------------------------------------------------- environments and rollouts

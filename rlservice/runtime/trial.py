@@ -2,7 +2,8 @@
 
 The learner is a single process and stays in the trial itself. After every evaluation the trial
 reports `score` (mean normalised score over its seeds) and a checkpoint directory holding
-`best/` (the best evaluation's weights) and `latest/` (where a retry resumes). A retry reads
+`best/` (the best evaluation's weights) and `latest/` (where a retry resumes; after the last
+evaluation, the final weights, which the trial's run logs as `final_checkpoint`). A retry reads
 `tune.get_checkpoint()` and continues from `latest/`.
 
 Whatever a trial must record, it records before its last report: the scheduler may stop the
@@ -73,10 +74,10 @@ def _train(config: dict[str, Any], setup: TrialSetup, run_dir: Path) -> None:
         if isinstance(evaluator, RayEvaluator):
             evaluator.close()
     if result.status == "diverged":
-        tracking.finish("diverged", trainer.history, run_dir / "best")
+        tracking.finish("diverged", trainer.history, run_dir / "best", run_dir / "latest")
         tune.report(reporter.metrics(result.steps, DIVERGED_SCORE, status="diverged"))
     elif not reporter.reported:  # resumed after its last evaluation: only the final report was missing
-        tracking.finish("completed", trainer.history, run_dir / "best")
+        tracking.finish("completed", trainer.history, run_dir / "best", run_dir / "latest")
         reporter.report(trainer.history[-1], "completed")
 
 
@@ -111,11 +112,12 @@ class _Reporter:
         self.tracking.log_metrics(step, {k: float(v) for k, v in logged.items()})
 
     def on_eval(self, step: int, record: dict[str, Any]) -> None:
-        self.tracking.log_metrics(step, {k: float(v) for k, v in record.items() if k != "step"})
+        self.tracking.log_metrics(step, record)  # numbers only: the per-episode lists stay out
         self.trainer.save("latest")
         final = step >= self.job.steps
         if final:
-            self.tracking.finish("completed", self.trainer.history, self.trainer.run_dir / "best")
+            self.tracking.finish("completed", self.trainer.history, self.trainer.run_dir / "best",
+                                 self.trainer.run_dir / "latest")
         self.report(record, "completed" if final else "running")
 
     def report(self, record: dict[str, Any], status: str) -> None:
@@ -133,6 +135,8 @@ class _Reporter:
             "score": score,
             "best_score": best["normalized_score"] if best else None,
             "best_score_std": best["normalized_score_std"] if best else None,
+            "best_episode_scores": best.get("episode_scores") if best else None,
+            "selection_seeds": sorted({s for h in self.trainer.history for s in h.get("episode_seeds", ())}),
             "status": status,
             "node_id": self.node_id,
             "mlflow_run_id": self.tracking.run_id,

@@ -7,6 +7,7 @@ import pickle
 import shutil
 import signal
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from rlservice.runtime import search
 from rlservice.runtime.session import start_ray
 from rlservice.runtime.trial import TrialSetup, run_trial, scratch_root
 from rlservice.tracking.tuning_runs import JobTracking
+from rlservice.training.intervals import score_interval
 
 
 def connect() -> None:
@@ -32,39 +34,49 @@ def connect() -> None:
         signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
 
 
-def fit(job: TuningJob, target: JobTracking, name: str, storage: str) -> list[dict[str, Any]]:
+@contextmanager
+def session():
+    """Ray for the length of a job: the search and the confirmation after it share one start."""
     connect()
     try:
-        tuner = tune.Tuner(
-            _trainable(job, target),
-            tune_config=tune.TuneConfig(
-                search_alg=search.searcher(job), scheduler=search.scheduler(job), num_samples=job.trials,
-                reuse_actors=False,
-            ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=storage,
-                failure_config=tune.FailureConfig(max_failures=job.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            ),
-        )
-        experiment_path = tuner.fit().experiment_path
+        yield
     finally:
         ray.shutdown()
-    return _finish(job, name, experiment_path)
 
 
-def refit(job: TuningJob, target: JobTracking, experiment_dir: str) -> list[dict[str, Any]]:
-    """Continue a job: finished trials stay as they are; unfinished and failed ones resume from
-    their last checkpoints; the searcher continues with the observations it had."""
-    connect()
-    try:
-        tuner = tune.Tuner.restore(experiment_dir, trainable=_trainable(job, target),
-                                   resume_unfinished=True, resume_errored=True)
-        experiment_path = tuner.fit().experiment_path
-    finally:
-        ray.shutdown()
-    return _finish(job, Path(experiment_dir).name, experiment_path)
+def fit(job: TuningJob, target: JobTracking, name: str, storage: str, callbacks: list | None = None,
+        verbose: int = 0) -> list[dict[str, Any]]:
+    """Run the search (inside `session()`). `callbacks`: Tune callbacks (the CLI's live table);
+    `verbose`: Tune's own progress output (0: none, its tables only with 1 or more)."""
+    tuner = tune.Tuner(
+        _trainable(job, target),
+        tune_config=tune.TuneConfig(
+            search_alg=search.searcher(job), scheduler=search.scheduler(job), num_samples=job.trials,
+            reuse_actors=False,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=job.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=callbacks,
+            verbose=verbose,
+        ),
+    )
+    return _finish(job, name, tuner.fit().experiment_path)
+
+
+def refit(job: TuningJob, target: JobTracking, experiment_dir: str, callbacks: list | None = None,
+          verbose: int = 0) -> list[dict[str, Any]]:
+    """Continue a job (inside `session()`): finished trials stay as they are; unfinished and failed
+    ones resume from their last checkpoints; the searcher continues with the observations it had."""
+    tuner = tune.Tuner.restore(experiment_dir, trainable=_trainable(job, target),
+                               resume_unfinished=True, resume_errored=True)
+    # The restored run config is the pickled one of the first session; this session's output
+    # goes to this session's callbacks (Tune has no public way to replace them on restore).
+    run_config = tuner._local_tuner.get_run_config()
+    run_config.callbacks, run_config.verbose = callbacks, verbose
+    return _finish(job, Path(experiment_dir).name, tuner.fit().experiment_path)
 
 
 def _finish(job: TuningJob, name: str, experiment_path: str) -> list[dict[str, Any]]:
@@ -111,16 +123,21 @@ def _row(job: TuningJob, trial: Trial) -> dict[str, Any]:
     last = trial.last_result or {}
     checkpoint = trial.checkpoint
     best = Path(checkpoint.path) / "best" if checkpoint is not None else None
+    final = Path(checkpoint.path) / "latest" if checkpoint is not None else None
+    episodes = last.get("best_episode_scores")
     return {
         "trial": trial.trial_id,
         "run_id": last.get("mlflow_run_id"),
         "status": _status(job, trial, last),
         "score": last.get("best_score"),
         "score_std": last.get("best_score_std"),
+        "score_interval": score_interval(episodes).to_json() if episodes else None,
         "final_score": last.get("score"),
         "steps": last.get("step"),
         "config": dict(trial.config),
         "checkpoint": str(best) if best is not None and best.is_dir() else None,
+        "final_checkpoint": str(final) if final is not None and final.is_dir() else None,
+        "selection_seeds": last.get("selection_seeds") or [],
         "node_id": last.get("node_id"),
         "failures": trial.num_failures,
     }

@@ -49,14 +49,17 @@ def start_job(uri: str, job: TuningJob, name: str) -> JobTracking:
     return JobTracking(uri, job.mlflow.experiment, parent)
 
 
-def finish_job(target: JobTracking, job: TuningJob, trials: list[dict[str, Any]]) -> dict[str, Any]:
-    """End the runs no trial could end (ASHA stopped it, or it failed for good), then summarise."""
+def finish_job(target: JobTracking, job: TuningJob, trials: list[dict[str, Any]], confirmed: list[dict] | None = None,
+               champion: dict | None = None) -> dict[str, Any]:
+    """End the runs no trial could end (ASHA stopped it, or it failed for good), then summarise
+    and register (`confirmed`, `champion`: see runs.finish_job)."""
     for trial in trials:
         if trial["run_id"]:
             end_run(target, trial["run_id"], trial["status"], trial["score"], trial["score_std"])
     return runs.finish_job(
         target.uri, target.parent_run_id, trials, model_name=job.mlflow.registered_model,
         dataset_id=job.dataset.id, preset=job.preset, searched=list(job.search_space),
+        confirmed=confirmed, champion=champion,
     )
 
 
@@ -107,10 +110,12 @@ class TrialTracking:
         if self.run:
             self.run.log_metrics(step, metrics)
 
-    def finish(self, status: str, history: list[dict[str, Any]], best_dir: Path) -> None:
-        """Log the best checkpoint (when there is one) and end the run with `status`."""
+    def finish(self, status: str, history: list[dict[str, Any]], best_dir: Path, final_dir: Path | None = None) -> None:
+        """Log the best checkpoint and the final one (when there are), and end the run with `status`."""
         if self.run:
             if best_dir.is_dir():
                 self.run.log_checkpoint(best_dir)
+            if final_dir is not None and final_dir.is_dir():
+                self.run.log_checkpoint(final_dir, runs.FINAL_CHECKPOINT)
             self.run.finish(status, history)
             self.run = None

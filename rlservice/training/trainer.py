@@ -269,14 +269,13 @@ class Trainer:
                 self.best_score = record["normalized_score"]
                 snapshot["info"].update(best_normalized_score=self.best_score, history=list(self.history))
                 self.save("best", snapshot["state"], snapshot["info"])
-                record["is_best"] = True
             if on_eval:
                 on_eval(step, record)
 
 
 def evaluation_record(step: int, evaluations: list[Evaluation]) -> dict[str, Any]:
     """One evaluation of every seed: the mean and std of the normalised score over seeds, and of
-    the returns over all episodes."""
+    the returns over all episodes; each episode's score and environment seed, per seed (for intervals)."""
     scores = np.array([e.score for e in evaluations])
     returns = np.concatenate([e.returns for e in evaluations])
     return {
@@ -285,6 +284,8 @@ def evaluation_record(step: int, evaluations: list[Evaluation]) -> dict[str, Any
         "normalized_score_std": float(scores.std()),
         "return_mean": float(returns.mean()),
         "return_std": float(returns.std()),
+        "episode_scores": [[float(x) for x in e.normalized] for e in evaluations],
+        "episode_seeds": sorted({s for e in evaluations for s in e.seeds}),
     }
 
 
