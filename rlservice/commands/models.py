@@ -37,14 +37,22 @@ def _show(args: argparse.Namespace) -> int:
         print(json.dumps(model))
         return 0
     print(f"{model['name']}: {len(model['versions'])} versions")
-    print(f"{'version':>7}  {'aliases':<12} {'score':>8}  {'dataset':<36} {'preset':<7} {'run id':<32}  parent run")
+    print(f"{'version':>7}  {'aliases':<12} {'confirmed [95% CI]':<24} {'episodes':>8} {'checkpoint':<10} "
+          f"{'selection':>9} {'trials':>6}  {'dataset':<36} {'preset':<7} {'run id':<32}  parent run")
     for v in model["versions"]:
         tags = v["tags"]
+        confirmed = (f"{_score(tags['confirmed_score'])} [{_score(tags.get('confirmed_ci_low'))}, "
+                     f"{_score(tags.get('confirmed_ci_high'))}]" if "confirmed_score" in tags else "-")
+        episodes = (f"{tags.get('confirmed_seeds', '1')}x{tags['confirmed_episodes']}"
+                    if "confirmed_episodes" in tags else "-")
         print(
-            f"{v['version']:>7}  {','.join(v['aliases']) or '-':<12} {_score(tags.get('score')):>8}  "
-            f"{tags.get('dataset', '-'):<36} {tags.get('preset', '-'):<7} {tags.get('run_id', v['run_id']):<32}  "
-            f"{tags.get('parent_run_id', '-')}"
+            f"{v['version']:>7}  {','.join(v['aliases']) or '-':<12} {confirmed:<24} {episodes:>8} "
+            f"{tags.get('confirmed_checkpoint', '-'):<10} {_score(tags.get('selection_score', tags.get('score'))):>9} "
+            f"{tags.get('trials', '-'):>6}  {tags.get('dataset', '-'):<36} {tags.get('preset', '-'):<7} "
+            f"{tags.get('run_id', v['run_id']):<32}  {tags.get('parent_run_id', '-')}"
         )
+    print("confirmed: score on fresh episodes (seeds x episodes per seed); selection: what the search saw; "
+          "champion moves on confirmed scores only")
     return 0
 
 

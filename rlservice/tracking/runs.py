@@ -29,6 +29,7 @@ from rlservice.config.run import AgentConfig, RunConfig
 from rlservice.errors import ConfigError, DatasetError
 from rlservice.tracking import registry
 from rlservice.tracking.store import TrackingError, client, error_line, experiment_id
+from rlservice.training.intervals import score_interval
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,8 @@ class TrialRun:
         if score is not None:
             step = best["step"] if best is not None else 0
             self.log_metrics(step, {"score": score, "score_std": score_std or 0.0})
+            if best is not None and best.get("episode_scores") and score == best["normalized_score"]:
+                self.log_metrics(step, interval_metrics("score", score_interval(best["episode_scores"]).to_json()))
         from rlservice.tracking import (
             figures,  # matplotlib: imported only when a figure is drawn
         )
@@ -286,6 +289,7 @@ def finish_job(uri: str, parent_run_id: str, trials: list[dict], *, model_name: 
 
             c.log_figure(parent_run_id, figures.job_summary(trials, searched), "summary.png")
             _log_budget(c, parent_run_id, trials, chosen, Path(tmp))
+            _log_confirmed(c, confirmed or [])
             if champion is not None:
                 registry.set_version_tags(uri, champion["model"], champion["version"], confirmed_tags(champion))
             if best is not None:
@@ -319,6 +323,22 @@ def finish_job(uri: str, parent_run_id: str, trials: list[dict], *, model_name: 
     except MlflowException as exc:
         raise TrackingError(f"could not finish job run {parent_run_id} in {uri}: {error_line(exc)}") from None
     return result
+
+
+def interval_metrics(name: str, interval: dict) -> dict[str, float]:
+    """A score's interval as run metrics: NAME_ci_low, NAME_ci_high, NAME_seeds, NAME_episodes."""
+    return {f"{name}_ci_low": interval["low"], f"{name}_ci_high": interval["high"],
+            f"{name}_seeds": interval["seeds"], f"{name}_episodes": interval["episodes"]}
+
+
+def _log_confirmed(c: MlflowClient, confirmed: list[dict]) -> None:
+    """On each confirmed trial's run: its best confirmed checkpoint's score and interval."""
+    best_of = {k["run_id"]: k for k in sorted(confirmed, key=lambda k: k["confirmed"]["mean"])}  # the best last
+    for run_id, k in best_of.items():
+        metrics = {"confirmed_score": k["confirmed"]["mean"], **interval_metrics("confirmed_score", k["confirmed"])}
+        now = int(time.time() * 1000)
+        c.log_batch(run_id, metrics=[Metric(key, float(v), now, 0) for key, v in metrics.items()])
+        c.set_tag(run_id, "confirmed_checkpoint", k["checkpoint_kind"])
 
 
 def confirmed_tags(candidate: dict) -> dict[str, str]:
@@ -432,6 +452,9 @@ def best_runs(uri: str, experiment: str, dataset: str | None = None, top: int = 
                 "status": run_tags["status"],
                 "score": metrics["score"],
                 "score_std": metrics.get("score_std", 0.0),
+                "score_interval": _interval(metrics, "score"),
+                "confirmed": _interval(metrics, "confirmed_score"),
+                "confirmed_checkpoint": run_tags.get("confirmed_checkpoint"),
                 "dataset": params.get("dataset.id"),
                 "preset": params.get("preset"),
                 "knobs": changed_knobs(params),
@@ -441,6 +464,14 @@ def best_runs(uri: str, experiment: str, dataset: str | None = None, top: int = 
         if not token:
             break
     return rows[:top]
+
+
+def _interval(metrics: dict[str, float], name: str) -> dict[str, Any] | None:
+    """A score and its interval read back from a run's metrics (None where it was not logged)."""
+    if name not in metrics or f"{name}_ci_low" not in metrics:
+        return None
+    return {"mean": metrics[name], "low": metrics[f"{name}_ci_low"], "high": metrics[f"{name}_ci_high"],
+            "seeds": int(metrics[f"{name}_seeds"]), "episodes": int(metrics[f"{name}_episodes"])}
 
 
 def changed_knobs(params: dict[str, str]) -> dict[str, Any]:

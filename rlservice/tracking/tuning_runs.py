@@ -55,7 +55,8 @@ def finish_job(target: JobTracking, job: TuningJob, trials: list[dict[str, Any]]
     and register (`confirmed`, `champion`: see runs.finish_job)."""
     for trial in trials:
         if trial["run_id"]:
-            end_run(target, trial["run_id"], trial["status"], trial["score"], trial["score_std"])
+            end_run(target, trial["run_id"], trial["status"], trial["score"], trial["score_std"],
+                    interval=trial.get("score_interval"))
     return runs.finish_job(
         target.uri, target.parent_run_id, trials, model_name=job.mlflow.registered_model,
         dataset_id=job.dataset.id, preset=job.preset, searched=list(job.search_space),
@@ -64,7 +65,7 @@ def finish_job(target: JobTracking, job: TuningJob, trials: list[dict[str, Any]]
 
 
 def end_run(target: JobTracking, run_id: str, status: str, score: float | None = None,
-            score_std: float | None = None, tags: dict[str, str] | None = None) -> None:
+            score_std: float | None = None, tags: dict[str, str] | None = None, interval: dict | None = None) -> None:
     """End a trial's run that its own process can no longer finish (no-op if it has ended)."""
     client = store.client(target.uri)
     if _ended(client, run_id):
@@ -72,6 +73,8 @@ def end_run(target: JobTracking, run_id: str, status: str, score: float | None =
     if score is not None:
         client.log_metric(run_id, "score", score)
         client.log_metric(run_id, "score_std", score_std or 0.0)
+        for key, value in (runs.interval_metrics("score", interval) if interval else {}).items():
+            client.log_metric(run_id, key, value)
     for key, value in {**(tags or {}), "status": status}.items():
         client.set_tag(run_id, key, value)
     client.set_terminated(run_id, runs.RUN_STATUS[status])

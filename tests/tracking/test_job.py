@@ -134,10 +134,15 @@ def test_best_command_lists_trials_in_score_order(job, hopper_random_dataset, ca
     for row, trial in zip(rows, expected):
         # td3bc's values are the baseline: only what the trial changed shows
         assert row["knobs"] == {"pa_alpha": trial["config"]["pa_alpha"], "critic_hidden": 32, "actor_hidden": 32}
+        # one seed, one episode per evaluation: the interval says so (and is the point itself), never `std 0`
+        assert row["score_interval"] == {"mean": pytest.approx(row["score"]), "low": pytest.approx(row["score"]),
+                                         "high": pytest.approx(row["score"]), "seeds": 1, "episodes": 1}
+        assert row["confirmed"] is None
 
     assert main(["best", "--experiment", EXPERIMENT, "--top", "2", "--tracking-uri", job["uri"]]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 3 and expected[0]["run_id"] in lines[1] and expected[1]["run_id"] in lines[2]
+    assert len(lines) == 4 and expected[0]["run_id"] in lines[1] and expected[1]["run_id"] in lines[2]
+    assert "(1 seed x 1 ep)" in lines[1] and "std" not in lines[0]
 
     assert main(["best", "--experiment", EXPERIMENT, "--dataset", "rlservice/other/random-v0", "--json",
                  "--tracking-uri", job["uri"]]) == 0

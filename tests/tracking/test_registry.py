@@ -56,11 +56,20 @@ def test_models_list_and_show(registered, register_job, mlflow_server, capsys):
     (version,) = shown["versions"]
     assert version["aliases"] == ["champion"]
     assert version["tags"]["run_id"] == registered["best_run_id"] == version["run_id"]
-    assert {"parent_run_id", "dataset", "preset", "score", "dataset_digest", "git_commit"} <= version["tags"].keys()
+    assert {"parent_run_id", "dataset", "preset", "score", "dataset_digest", "git_commit", "confirmed_score",
+            "confirmed_ci_low", "confirmed_ci_high", "confirmed_episodes", "confirmed_checkpoint", "selection_score",
+            "trials"} <= version["tags"].keys()
+    assert float(version["tags"]["confirmed_score"]) == 45.0 and float(version["tags"]["selection_score"]) == 50.0
 
     assert main(["models", "show", "policy-under-test", "--tracking-uri", uri]) == 0
     table = capsys.readouterr().out
     assert "champion" in table and registered["best_run_id"] in table
+    assert "45.00 [44.00, 46.00]" in table and "1x50" in table  # confirmed score, interval, seeds x episodes
+
+    assert main(["best", "--experiment", "registry-test", "--json", "--tracking-uri", uri]) == 0
+    row = next(r for r in json.loads(capsys.readouterr().out) if r["run_id"] == registered["best_run_id"])
+    assert row["confirmed"] == {"mean": 45.0, "low": 44.0, "high": 46.0, "seeds": 1, "episodes": 50}
+    assert row["confirmed_checkpoint"] == "best"
 
     assert main(["models", "show", "no-such-model", "--tracking-uri", uri]) == 2
     assert capsys.readouterr().err.count("\n") == 1
