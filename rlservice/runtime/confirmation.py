@@ -43,7 +43,8 @@ def candidates(job: TuningJob, trials: list[dict[str, Any]]) -> list[dict[str, A
     ranked = sorted((t for t in trials if t["status"] in runs.RANKED and t["score"] is not None),
                     key=lambda t: -t["score"])[: job.confirm.top_k]
     return [
-        {"trial": t["trial"], "run_id": t["run_id"], "checkpoint_kind": kind, "selection_score": t["score"],
+        {"trial": t["trial"], "name": t.get("name") or t["trial"], "run_id": t["run_id"], "checkpoint_kind": kind,
+         "selection_score": t["score"],
          "checkpoint": t["checkpoint"] if kind == "best" else t.get("final_checkpoint")}
         for t in ranked for kind in job.confirm.checkpoints
     ]
@@ -54,7 +55,8 @@ def champion_candidate(job: TuningJob, target: JobTracking) -> dict[str, Any] | 
     version = registry.unconfirmed_champion(target.uri, job.mlflow.registered_model, job.dataset.id)
     if version is None:
         return None
-    return {"trial": None, "run_id": version.tags.get("run_id", version.run_id), "checkpoint_kind": "registered",
+    return {"trial": None, "name": f"{version.name} v{version.version} (champion)",
+            "run_id": version.tags.get("run_id", version.run_id), "checkpoint_kind": "registered",
             "selection_score": None, "checkpoint": None, "model": version.name, "version": version.version}
 
 

@@ -52,7 +52,7 @@ def fit(job: TuningJob, target: JobTracking, name: str, storage: str, callbacks:
         _trainable(job, target),
         tune_config=tune.TuneConfig(
             search_alg=search.searcher(job), scheduler=search.scheduler(job), num_samples=job.trials,
-            reuse_actors=False,
+            reuse_actors=False, trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -64,6 +64,34 @@ def fit(job: TuningJob, target: JobTracking, name: str, storage: str, callbacks:
         ),
     )
     return _finish(job, name, tuner.fit().experiment_path)
+
+
+def trial_name(trial: Trial) -> str:
+    """`t07 rs=28 pa=4e-4 nc=4`: the trial's number and its knobs (the MLflow run's name)."""
+    number = int(trial.experiment_tag.split("_", 1)[0])
+    return f"t{number:02d} {knob_label(trial.config)}".strip()
+
+
+def trial_dirname(trial: Trial) -> str:
+    return f"run_trial_{trial.trial_id}_{trial.experiment_tag}"[:130]
+
+
+def knob_label(config: dict[str, Any]) -> str:
+    """Knobs by their initials (reward_scale -> rs; the full name where two share them), values short."""
+    initials = {k: "".join(w[:1] for w in k.split("_")) for k in config}
+    shared = {a for a in initials.values() if list(initials.values()).count(a) > 1}
+    return " ".join(f"{k if initials[k] in shared else initials[k]}={_short(v)}" for k, v in config.items())
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        if value != 0 and (abs(value) < 0.01 or abs(value) >= 1e4):
+            mantissa, exponent = f"{value:.0e}".split("e")
+            return f"{mantissa}e{int(exponent)}"
+        return f"{value:.0f}" if abs(value) >= 100 else f"{value:.2g}"
+    return str(value)
 
 
 def refit(job: TuningJob, target: JobTracking, experiment_dir: str, callbacks: list | None = None,
@@ -127,6 +155,7 @@ def _row(job: TuningJob, trial: Trial) -> dict[str, Any]:
     episodes = last.get("best_episode_scores")
     return {
         "trial": trial.trial_id,
+        "name": str(trial),  # `t07 rs=28 nc=4`, as the trial's MLflow run
         "run_id": last.get("mlflow_run_id"),
         "status": _status(job, trial, last),
         "score": last.get("best_score"),

@@ -383,7 +383,7 @@ def job_description(trials: list[dict], confirmed: list[dict], result: dict, top
         lines += ["**Confirmed on fresh episodes** (registered: the highest confirmed score)", "",
                   "| trial | checkpoint | confirmed score [95% CI] | selection score |", "|---|---|---|---|"]
         for k in sorted(confirmed, key=lambda k: -k["confirmed"]["mean"]):
-            lines.append(f"| {k['trial']} | {k['checkpoint_kind']} | {Interval(**k['confirmed']).text()} "
+            lines.append(f"| {k.get('name') or k['trial']} | {k['checkpoint_kind']} | {Interval(**k['confirmed']).text()} "
                          f"| {k['selection_score']:.2f} |")
         lines.append("")
     ranked = sorted((t for t in trials if t.get("status") in RANKED and t.get("score") is not None),
@@ -394,7 +394,7 @@ def job_description(trials: list[dict], confirmed: list[dict], result: dict, top
         interval = Interval(**t["score_interval"]).text() if t.get("score_interval") else f"{t['score']:.2f}"
         knobs = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(t["config"].items()))
         final = f"{t['final_score']:.2f}" if t.get("final_score") is not None else "-"
-        lines.append(f"| {t['trial']} | {interval} | {final} | {knobs} |")
+        lines.append(f"| {t.get('name') or t['trial']} | {interval} | {final} | {knobs} |")
     if result.get("version"):
         lines += ["", f"Registered: {result['model']} version {result['version']}"
                   + (" (champion)" if result["champion"] else " (champion unchanged)")]

@@ -269,6 +269,7 @@ class Trainer:
                 self.best_score = record["normalized_score"]
                 snapshot["info"].update(best_normalized_score=self.best_score, history=list(self.history))
                 self.save("best", snapshot["state"], snapshot["info"])
+            record["normalized_score_best_so_far"] = self.best_score
             if on_eval:
                 on_eval(step, record)
 
