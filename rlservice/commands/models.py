@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
+
+from rlservice.commands._output import output_to
+from rlservice.paths import home
 
 
 def _uri(args: argparse.Namespace) -> str:
@@ -68,10 +72,12 @@ def _export(args: argparse.Namespace) -> int:
     from rlservice.tracking.registry import download_checkpoint
 
     uri = _uri(args)
-    with tempfile.TemporaryDirectory() as tmp:
+    log = home() / "logs" / "export.log"
+    with tempfile.TemporaryDirectory() as tmp, (contextlib.nullcontext() if args.verbose else output_to(log)):
         checkpoint, version = download_checkpoint(uri, args.model, tmp)
         out = export_policy(policy_from_checkpoint(checkpoint, args.seed_index), args.format, args.out)
-    print(f"{out}: {args.format} policy of {version.name} version {version.version}")
+    print(f"{out}: {args.format} policy of {version.name} version {version.version}"
+          + ("" if args.verbose else f" (the exporters' warnings: {log}; --verbose shows them)"))
     return 0
 
 
@@ -94,3 +100,4 @@ def register(sub) -> None:
     export.add_argument("--format", required=True, choices=["torchscript", "onnx"])
     export.add_argument("--out", required=True, help="file to write")
     export.add_argument("--seed-index", type=int, default=0, help="which seed of a multi-seed checkpoint (default 0)")
+    export.add_argument("--verbose", action="store_true", help="show the exporters' warnings instead of logging them")

@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
+
+from rlservice.commands._output import output_to
 
 OUTPUT_LOG = "output.log"
 
@@ -76,7 +77,7 @@ class _Screen:
     def quiet(self, log: Path) -> None:
         log.parent.mkdir(parents=True, exist_ok=True)
         self.log = log
-        self.stream = self.stack.enter_context(_descriptors_to(log, self.stream))
+        self.stream = self.stack.enter_context(output_to(log, self.stream))
 
     def face(self, verbose: bool):
         from rlservice.jobs.tune import Face
@@ -87,27 +88,6 @@ class _Screen:
     def confirming(self, done: int, total: int) -> None:
         if done == total or done == 1 or done % max(1, total // 10) == 0:
             self.say(f"confirming the best candidates on fresh episodes: {done}/{total} rollouts done")
-
-
-@contextlib.contextmanager
-def _descriptors_to(log: Path, terminal: TextIO):
-    """fds 1 and 2 -> `log` for the duration; yields a stream to the terminal (`terminal`'s fd, duplicated)."""
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    screen = os.fdopen(os.dup(terminal.fileno()), "w")
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
-    with log.open("a") as out:
-        for fd in saved:
-            os.dup2(out.fileno(), fd)
-        try:
-            yield screen
-        finally:
-            for stream in (sys.stdout, sys.stderr):
-                stream.flush()
-            for fd, copy in saved.items():
-                os.dup2(copy, fd)
-                os.close(copy)
-            screen.close()
 
 
 def _submit(args: argparse.Namespace) -> int:
