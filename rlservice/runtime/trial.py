@@ -74,7 +74,7 @@ def _train(config: dict[str, Any], setup: TrialSetup, run_dir: Path) -> None:
         if isinstance(evaluator, RayEvaluator):
             evaluator.close()
     if result.status == "diverged":
-        tracking.finish("diverged", trainer.history, run_dir / "best", run_dir / "latest")
+        tracking.finish("diverged", trainer.history, run_dir / "best")
         tune.report(reporter.metrics(result.steps, DIVERGED_SCORE, status="diverged"))
     elif not reporter.reported:  # resumed after its last evaluation: only the final report was missing
         tracking.finish("completed", trainer.history, run_dir / "best", run_dir / "latest")

@@ -276,7 +276,8 @@ class Trainer:
 
 def evaluation_record(step: int, evaluations: list[Evaluation]) -> dict[str, Any]:
     """One evaluation of every seed: the mean and std of the normalised score over seeds, and of
-    the returns over all episodes; each episode's score and environment seed, per seed (for intervals)."""
+    the returns over all episodes; each episode's score per seed (for intervals) and the
+    environment seeds the episodes started from."""
     scores = np.array([e.score for e in evaluations])
     returns = np.concatenate([e.returns for e in evaluations])
     return {
