@@ -40,7 +40,12 @@ from reference_td3bc import TD3BC, synthetic_data
 
 from rlservice.agent.flops import Matmul, cycle_matmuls, step_flops
 from rlservice.agent.learner import Learner, matmul_kernel, seed_group_size
-from rlservice.agent.matmul import Kernel, batched_linear, member_linear, onednn_available
+from rlservice.agent.matmul import (
+    Kernel,
+    batched_linear,
+    member_linear,
+    onednn_available,
+)
 from rlservice.config.run import RunConfig, build_run_config, parse_overrides
 from rlservice.data.buffer import ReplayBuffer
 

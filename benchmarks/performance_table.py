@@ -15,9 +15,8 @@ import io
 import platform
 import time
 
-import torch
-
 import learner
+import torch
 
 ROWS = [
     ["--preset", "td3bc", "--compare-reference", "--repeats", "5"],

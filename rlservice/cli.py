@@ -18,6 +18,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlservice", description="Offline RL experiments: train, tune, track, fine-tune.")
     sub = p.add_subparsers(dest="command", required=True)
     for module in pkgutil.iter_modules(commands.__path__):
+        if module.name.startswith("_"):  # helpers of the commands, not a command group
+            continue
         importlib.import_module(f"{commands.__name__}.{module.name}").register(sub)
     return p
 

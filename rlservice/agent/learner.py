@@ -32,7 +32,13 @@ from rlservice.agent import dmg, pani, pars
 from rlservice.agent.adam import FusedAdam, cosine_lr
 from rlservice.agent.allocator import retain_freed_memory
 from rlservice.agent.matmul import Choice, Kernel, onednn_available
-from rlservice.agent.networks import Actor, CriticEnsemble, ValueNet, seed_view, use_matmul
+from rlservice.agent.networks import (
+    Actor,
+    CriticEnsemble,
+    ValueNet,
+    seed_view,
+    use_matmul,
+)
 from rlservice.config.run import AgentConfig, TrainConfig
 
 # Seeds per group on a CPU: as many as keep the widest activation (the critics' hidden layer)

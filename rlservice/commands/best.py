@@ -1,4 +1,5 @@
-"""`rlservice best`: an experiment's best configurations, by score."""
+"""`rlservice best`: an experiment's best configurations, by selection score, with intervals and
+the confirmed score where the job confirmed the run."""
 
 from __future__ import annotations
 
@@ -27,13 +28,25 @@ def _best(args: argparse.Namespace) -> int:
 
 
 def _table(rows: list[dict]) -> str:
-    lines = [f"{'#':>3}  {'score':>7}  {'std':>6}  {'preset':<7} {'run id':<32}  knobs that differ from the preset"]
+    """Selection score (the best evaluation during training) with its 95% interval and what it
+    rests on, and the confirmed score on fresh episodes where the job confirmed the run."""
+    lines = [f"{'#':>3}  {'selection score [95% CI]':<38} {'confirmed on fresh episodes [95% CI]':<46} "
+             f"{'preset':<7} {'run id':<32}  knobs that differ from the preset"]
     for rank, row in enumerate(rows, 1):
         knobs = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(row["knobs"].items())) or "-"
-        lines.append(
-            f"{rank:>3}  {row['score']:>7.2f}  {row['score_std']:>6.2f}  {row['preset'] or '-':<7} {row['run_id']:<32}  {knobs}"
-        )
+        selection = _interval(row["score_interval"]) if row.get("score_interval") else f"{row['score']:.2f}"
+        confirmed = (f"{_interval(row['confirmed'])} {row.get('confirmed_checkpoint') or ''}".strip()
+                     if row.get("confirmed") else "-")
+        lines.append(f"{rank:>3}  {selection:<38} {confirmed:<46} {row['preset'] or '-':<7} {row['run_id']:<32}  {knobs}")
+    lines.append("selection: the run's best evaluation during training (few episodes, selected: optimistic); "
+                 "confirmed: re-evaluated after the search on seeds never used before")
     return "\n".join(lines)
+
+
+def _interval(interval: dict) -> str:
+    from rlservice.training.intervals import Interval
+
+    return Interval(**interval).text()
 
 
 def _fmt(value) -> str:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
+
+from rlservice.commands._output import output_to
+from rlservice.paths import home
 
 
 def _uri(args: argparse.Namespace) -> str:
@@ -37,14 +41,22 @@ def _show(args: argparse.Namespace) -> int:
         print(json.dumps(model))
         return 0
     print(f"{model['name']}: {len(model['versions'])} versions")
-    print(f"{'version':>7}  {'aliases':<12} {'score':>8}  {'dataset':<36} {'preset':<7} {'run id':<32}  parent run")
+    print(f"{'version':>7}  {'aliases':<12} {'confirmed [95% CI]':<24} {'episodes':>8} {'checkpoint':<10} "
+          f"{'selection':>9} {'trials':>6}  {'dataset':<36} {'preset':<7} {'run id':<32}  parent run")
     for v in model["versions"]:
         tags = v["tags"]
+        confirmed = (f"{_score(tags['confirmed_score'])} [{_score(tags.get('confirmed_ci_low'))}, "
+                     f"{_score(tags.get('confirmed_ci_high'))}]" if "confirmed_score" in tags else "-")
+        episodes = (f"{tags.get('confirmed_seeds', '1')}x{tags['confirmed_episodes']}"
+                    if "confirmed_episodes" in tags else "-")
         print(
-            f"{v['version']:>7}  {','.join(v['aliases']) or '-':<12} {_score(tags.get('score')):>8}  "
-            f"{tags.get('dataset', '-'):<36} {tags.get('preset', '-'):<7} {tags.get('run_id', v['run_id']):<32}  "
-            f"{tags.get('parent_run_id', '-')}"
+            f"{v['version']:>7}  {','.join(v['aliases']) or '-':<12} {confirmed:<24} {episodes:>8} "
+            f"{tags.get('confirmed_checkpoint', '-'):<10} {_score(tags.get('selection_score', tags.get('score'))):>9} "
+            f"{tags.get('trials', '-'):>6}  {tags.get('dataset', '-'):<36} {tags.get('preset', '-'):<7} "
+            f"{tags.get('run_id', v['run_id']):<32}  {tags.get('parent_run_id', '-')}"
         )
+    print("confirmed: score on fresh episodes (seeds x episodes per seed); selection: what the search saw; "
+          "champion moves on confirmed scores only")
     return 0
 
 
@@ -56,15 +68,21 @@ def _score(tag: str | None) -> str:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from rlservice.tracking.export import check_output_path, export_policy, policy_from_checkpoint
+    from rlservice.tracking.export import (
+        check_output_path,
+        export_policy,
+        policy_from_checkpoint,
+    )
     from rlservice.tracking.registry import download_checkpoint
 
     check_output_path(args.out)
     uri = _uri(args)
-    with tempfile.TemporaryDirectory() as tmp:
+    log = home() / "logs" / "export.log"
+    with tempfile.TemporaryDirectory() as tmp, (contextlib.nullcontext() if args.verbose else output_to(log)):
         checkpoint, version = download_checkpoint(uri, args.model, tmp)
         out = export_policy(policy_from_checkpoint(checkpoint, args.seed_index), args.format, args.out)
-    print(f"{out}: {args.format} policy of {version.name} version {version.version}")
+    print(f"{out}: {args.format} policy of {version.name} version {version.version}"
+          + ("" if args.verbose else f" (the exporters' warnings: {log}; --verbose shows them)"))
     return 0
 
 
@@ -87,3 +105,4 @@ def register(sub) -> None:
     export.add_argument("--format", required=True, choices=["torchscript", "onnx"])
     export.add_argument("--out", required=True, help="file to write")
     export.add_argument("--seed-index", type=int, default=0, help="which seed of a multi-seed checkpoint (default 0)")
+    export.add_argument("--verbose", action="store_true", help="show the exporters' warnings instead of logging them")

@@ -1,6 +1,11 @@
 """`rlservice tune`: run, resume, submit and follow hyperparameter tuning jobs.
 
 Job files are validated before anything starts; Ray is imported only once they pass.
+
+While a job runs, the terminal shows this command's own live table (one line per trial event)
+and, at the end, the summary. Everything else the job's processes write (Ray's and Tune's
+tables and warnings, worker output, MLflow's notes) goes to `output.log` in the job's record
+(named in the summary); `--verbose` shows it instead.
 """
 
 from __future__ import annotations
@@ -10,7 +15,12 @@ import contextlib
 import json
 import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
+
+from rlservice.commands._output import output_to
+
+OUTPUT_LOG = "output.log"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -20,30 +30,68 @@ def _run(args: argparse.Namespace) -> int:
     if args.name:
         check_job_name(args.name)
     from rlservice.jobs.tune import (
+        job_record_dir,
         run_job,  # only now: a bad job file fails before MLflow and Ray load
     )
 
     name = args.name or f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with contextlib.ExitStack() as stack:
+        screen = _Screen(stack, args.json)
 
-    def started(job_name: str) -> None:
-        print(f"tuning job {job_name}: {job.trials} trials on {job.dataset.id}; "
-              f"if interrupted, `rlservice tune resume {job_name}`", file=sys.stderr)
+        def started(job_name: str) -> None:
+            screen.say(f"tuning job {job_name}: {job.trials} trials on {job.dataset.id}; "
+                       f"if interrupted, `rlservice tune resume {job_name}`")
+            if not args.verbose:  # only now: a job that fails its checks leaves nothing behind
+                screen.quiet(job_record_dir(job_name) / OUTPUT_LOG)
 
-    with _driver_output(args.json):
-        outcome = run_job(job, name, args.tracking_uri, args.build_dataset, started=started)
-    _show(outcome.to_json(), args.json)
+        outcome = run_job(job, name, args.tracking_uri, args.build_dataset, started=started,
+                          face=screen.face(args.verbose))
+    _show(outcome.to_json(), args.json, screen.log)
     return 0
 
 
 def _resume(args: argparse.Namespace) -> int:
     from rlservice.config.tuning import check_job_name
-    from rlservice.jobs.tune import resume_job
+    from rlservice.jobs.tune import job_record_dir, resume_job
 
     check_job_name(args.name, "job name")
-    with _driver_output(args.json):
-        outcome = resume_job(args.name)
-    _show(outcome.to_json(), args.json)
+    with contextlib.ExitStack() as stack:
+        screen = _Screen(stack, args.json)
+        if not args.verbose and job_record_dir(args.name).is_dir():
+            screen.quiet(job_record_dir(args.name) / OUTPUT_LOG)
+        outcome = resume_job(args.name, face=screen.face(args.verbose))
+    _show(outcome.to_json(), args.json, screen.log)
     return 0
+
+
+class _Screen:
+    """The terminal of a running job. `quiet(log)` sends the process's stdout and stderr (file
+    descriptors 1 and 2, so Ray's workers and C libraries follow) to `log` until the job ends;
+    the live table keeps writing to the terminal (stderr with --json, stdout otherwise)."""
+
+    def __init__(self, stack: contextlib.ExitStack, as_json: bool):
+        self.stack, self.log = stack, None
+        self.stream: TextIO = sys.stderr if as_json else sys.stdout
+        if as_json:  # everything but the final JSON object goes to stderr
+            stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+
+    def say(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+    def quiet(self, log: Path) -> None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        self.stream = self.stack.enter_context(output_to(log, self.stream))
+
+    def face(self, verbose: bool):
+        from rlservice.jobs.tune import Face
+        from rlservice.runtime.live_table import LiveTable
+
+        return Face(callbacks=[LiveTable(self.say)], verbose=2 if verbose else 0, confirming=self.confirming)
+
+    def confirming(self, done: int, total: int) -> None:
+        if done == total or done == 1 or done % max(1, total // 10) == 0:
+            self.say(f"confirming the best candidates on fresh episodes: {done}/{total} rollouts done")
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -90,48 +138,70 @@ def _logs(args: argparse.Namespace) -> int:
     return 0 if job_status(args.address, args.job_id)["status"] != "FAILED" else 1
 
 
-def _driver_output(as_json: bool):
-    """With --json, everything but the final JSON object goes to stderr."""
-    return contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
-
-
-def _show(outcome: dict[str, Any], as_json: bool) -> None:
+def _show(outcome: dict[str, Any], as_json: bool, log: Path | None = None) -> None:
     if as_json:
-        print(json.dumps(outcome, default=str))
+        print(json.dumps({**outcome, "output_log": str(log) if log else None}, default=str))
         return
-    knobs = sorted({k for t in outcome["trials"] for k in t["config"]})
+    from rlservice.training.intervals import Interval
+    from rlservice.training.tuning_budget import budget_curve
+
     fqe = outcome.get("selection") != "offline" and any(t.get("fqe_score") is not None for t in outcome["trials"])
-    header = ["trial", "status", "score", "final", *(["fqe"] if fqe else []), "steps", *knobs]
-    rows = [[t["trial"], t["status"], _fmt(t["score"]), _fmt(t["final_score"]), *([_fmt(t["fqe_score"])] if fqe else []),
-             str(t["steps"] or ""), *(_fmt(t["config"].get(k)) for k in knobs)]
+    header = ["trial", "status", "selection score [95% CI]", "final", *(["fqe"] if fqe else []), "steps"]
+    rows = [[t.get("name") or t["trial"], t["status"], Interval(**t["score_interval"]).text() if t.get("score_interval") else _fmt(t["score"]),
+             _fmt(t["final_score"]), *([_fmt(t["fqe_score"])] if fqe else []), str(t["steps"] or "")]
             for t in sorted(outcome["trials"], key=lambda t: (t["score"] is None, -(t["score"] or 0)))]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
-    best, mlflow = outcome["best"], outcome["mlflow"]
-    print("score: the trial's best evaluation (its checkpoint); final: its last one (what the search optimises)")
+    _print_table(header, rows)
+    print("selection score: the trial's best evaluation during training (what the search saw: optimistic); "
+          "final: its last one")
     if outcome.get("selection") == "offline":
         print("selection offline: every score is an FQE estimate (fqe_score), no episode was run")
     if quality := outcome.get("ope_quality"):
         print(f"offline evaluation: Spearman rank correlation of fqe_score with the final online score "
               f"{quality['spearman']:.2f} over {quality['policies']} trials; regret of picking by FQE "
               f"{quality['regret']:.1f} (FQE picks {quality['fqe_pick']}, online best {quality['online_best']})")
-    if best:
-        print(f"\nbest: trial {best['trial']}, score {_fmt(best['score'])}, config {json.dumps(best['config'])}")
+    if outcome["confirmed"]:
+        print("\nconfirmed on fresh episodes (environment seeds never used in training or selection):")
+        _print_table(["trial", "checkpoint", "confirmed score [95% CI]", "selection score"],
+                     [[k.get("name") or k["trial"], k["checkpoint_kind"], Interval(**k["confirmed"]).text(), _fmt(k["selection_score"])]
+                      for k in sorted(outcome["confirmed"], key=lambda k: -k["confirmed"]["mean"])])
+    best, mlflow = outcome["best"], outcome["mlflow"]
+    if best and best.get("confirmed"):
+        chosen = best["confirmed"]
+        print(f"\nregistered: {best.get('name') or best['trial']} ({chosen['checkpoint_kind']} checkpoint), confirmed score "
+              f"{Interval(**chosen['confirmed']).text()}, selection score {_fmt(best['score'])}")
+    elif best:
+        print(f"\nregistered: {best.get('name') or best['trial']}, selection score {_fmt(best['score'])} (not confirmed: confirm.top_k = 0)")
     else:
-        print("\nbest: none (no trial completed)")
+        print("\nregistered: none (no trial completed)")
+    if best:
+        print(f"            config {json.dumps(best['config'])}")
+        print(f"            {mlflow['model']} version {mlflow['version']}"
+              + (", now champion" if mlflow["champion"] else ", champion unchanged (not better on confirmed scores)"))
+    finals = [t["final_score"] for t in outcome["trials"]
+              if t["status"] in ("completed", "early-stopped") and t["final_score"] is not None]
+    if len(finals) > 1:
+        curve = budget_curve(finals)
+        points = sorted({1, (len(finals) + 1) // 2, len(finals)})
+        print("tuning budget: expected best final score of n trials: " + ", ".join(
+            f"n={n} {curve['expected_max'][n - 1]:.2f} [{curve['low'][n - 1]:.2f}, {curve['high'][n - 1]:.2f}]"
+            for n in points) + " (tuning_budget.png in the parent run)")
     print(f"mlflow: experiment {mlflow['experiment']!r}, parent run {mlflow['parent_run_id']} at {mlflow['tracking_uri']}")
-    extra = {k: v for k, v in mlflow.items() if k not in ("experiment", "parent_run_id", "tracking_uri")}
-    if extra:
-        print(f"        {json.dumps(extra, default=str)}")
     print(f"wall time {outcome['wall_time_s']:.0f} s; trials in {outcome['storage']}")
+    if log:
+        print(f"Ray and Tune output: {log} (--verbose shows it here)")
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.2f}"
     return str(value)
 
 
@@ -141,11 +211,13 @@ def register(sub) -> None:
 
     run = tsub.add_parser("run", help="run a tuning job here (local Ray, or the cluster of a Ray job)")
     _job_arguments(run)
+    run.add_argument("--verbose", action="store_true", help="show Ray's and Tune's own output instead of logging it")
     run.set_defaults(func=_run)
 
     resume = tsub.add_parser("resume", help="continue an interrupted job; finished trials are kept")
     resume.add_argument("name", help="the job's name (printed when it started); it keeps its MLflow store and parent run")
     resume.add_argument("--json", action="store_true", help="print one JSON object")
+    resume.add_argument("--verbose", action="store_true", help="show Ray's and Tune's own output instead of logging it")
     resume.set_defaults(func=_resume)
 
     submit = tsub.add_parser("submit", help="submit a tuning job to a Ray cluster through the Ray Jobs API")

@@ -20,6 +20,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rlservice.config.presets import default_eval_episodes, domain_of
 from rlservice.config.run import (
     AgentConfig,
     RunConfig,
@@ -131,6 +132,29 @@ class OfflineEvaluationSpec(_Spec):
                         "not only of the final policy")
 
 
+# Environment seeds: evaluations during training (selection) use `seed + i` for their episodes,
+# confirmations use CONFIRMATION_SEED_BASE + i. A job's selection seeds must stay below the base,
+# so that no confirmation episode repeats an episode the search saw.
+CONFIRMATION_SEED_BASE = 1_000_000_000
+CONFIRM_EPISODES = {"antmaze": 100}  # default 50 elsewhere (MuJoCo)
+
+
+class ConfirmSpec(_Spec):
+    """After the search: the `top_k` trials with the best selection scores are evaluated again on
+    `episodes` fresh episodes per seed, at each checkpoint of `checkpoints`; 0 turns it off."""
+
+    top_k: int = Field(3, ge=0)
+    episodes: int | None = Field(None, ge=1, description="default 50, 100 on AntMaze")
+    checkpoints: list[Literal["best", "final"]] = Field(["best", "final"], min_length=1)
+
+    def episodes_for(self, dataset_id: str) -> int:
+        return self.episodes or CONFIRM_EPISODES.get(domain_of(dataset_id), 50)
+
+
+def confirmation_seeds(episodes: int) -> range:
+    return range(CONFIRMATION_SEED_BASE, CONFIRMATION_SEED_BASE + episodes)
+
+
 class MlflowSpec(_Spec):
     experiment: str = Field(min_length=1)
     registered_model: str = Field(min_length=1)
@@ -165,6 +189,7 @@ class TuningJob(_Spec):
     resources: ResourcesSpec = ResourcesSpec()
     max_concurrent: int = Field(1, ge=1)
     max_failures: int = Field(2, ge=0, description="retries of a failed trial, each from its last checkpoint")
+    confirm: ConfirmSpec = ConfirmSpec()
     mlflow: MlflowSpec
     # online: rollouts score the trials; offline: FQE does, and the job needs no environment.
     selection: Literal["online", "offline"] = "online"
@@ -173,6 +198,10 @@ class TuningJob(_Spec):
     @property
     def offline(self) -> bool:
         return self.selection == "offline"
+
+    def selection_seeds(self) -> range:
+        """The environment seeds of every evaluation during training (each seed's policy, each step)."""
+        return range(self.seed, self.seed + (self.eval_episodes or default_eval_episodes(self.dataset.id)))
 
     # ------------------------------------------------------------------ configs of trials
     def knob_overrides(self, sampled: dict[str, Any]) -> dict[str, Any]:
@@ -271,6 +300,9 @@ def validate_job(spec: dict[str, Any]) -> TuningJob:
     if job.dataset.build_steps is not None and not _buildable(job.dataset.id):
         raise ConfigError(f"dataset.build_steps={job.dataset.build_steps}: only rlservice/<env>/random-v0 datasets "
                           f"can be built where the job runs, not {job.dataset.id!r}")
+    if job.selection_seeds().stop > CONFIRMATION_SEED_BASE:
+        raise ConfigError(f"seed={job.seed}: with eval_episodes={job.eval_episodes} its evaluation seeds reach "
+                          f"the confirmation seeds (from {CONFIRMATION_SEED_BASE}); choose a smaller seed")
     if job.eval_every > job.steps:
         raise ConfigError(f"eval_every={job.eval_every}: exceeds steps={job.steps}; "
                           "a trial would be evaluated only at its end")
@@ -280,6 +312,10 @@ def validate_job(spec: dict[str, Any]) -> TuningJob:
 def _check_selection(job: TuningJob) -> None:
     if not job.offline:
         return
+    if "confirm" in job.model_fields_set and job.confirm.top_k > 0:
+        raise ConfigError(f"confirm.top_k={job.confirm.top_k}: with selection=offline there is no environment to "
+                          "confirm on; set confirm.top_k: 0")
+    job.confirm = ConfirmSpec(top_k=0)  # confirmation runs episodes; an offline job runs none
     if job.offline_evaluation is None:
         raise ConfigError("selection=offline needs offline_evaluation: {steps: N} (FQE steps per policy)")
     if job.scheduler.type == "asha" and not job.offline_evaluation.every:

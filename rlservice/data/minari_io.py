@@ -10,6 +10,7 @@ Anything wrong with a dataset surfaces as a one-line :class:`DatasetError`.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import numbers
@@ -156,6 +157,13 @@ def damage(dataset_id: str) -> str | None:
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         return _reason(exc)
     return None
+
+
+def evaluation_env(dataset_id: str) -> tuple[str, float, float]:
+    """(env id, ref_min_score, ref_max_score) of a local dataset, from its metadata alone."""
+    metadata = read_metadata(dataset_id)
+    ref_min, ref_max = _check_ref_scores(dataset_id, metadata.get("ref_min_score"), metadata.get("ref_max_score"))
+    return json.loads(metadata["env_spec"])["id"], ref_min, ref_max
 
 
 # ---------------------------------------------------------------- environments and rollouts

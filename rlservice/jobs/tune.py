@@ -1,8 +1,10 @@
-"""The driver of a tuning job: checks, the MLflow parent run, Ray Tune, and the summary.
+"""The driver of a tuning job: checks, the MLflow parent run, Ray Tune, the confirmation of the
+best candidates on fresh episodes, and the summary.
 
 Everything that can be wrong with a job (spec, dataset, tracking server) fails before Ray
 starts. The job's spec and tracking ids are saved next to Tune's experiment state, so
-`resume` needs nothing but the job's name.
+`resume` needs nothing but the job's name. The search selects on the evaluations made during
+training; what is registered is decided by the confirmation (runtime.confirmation).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,6 +51,7 @@ class JobOutcome:
     searcher_observations_at_start: int = 0  # on resume: finished trials the restored searcher knew
     selection: str = "online"  # what scored the trials: rollouts (online) or FQE (offline)
     ope_quality: dict[str, Any] | None = None  # FQE against online scores (online selection with offline_evaluation)
+    confirmed: list[dict[str, Any]] = field(default_factory=list)  # the candidates confirmed on fresh episodes
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,8 +74,18 @@ def job_record_dir(name: str) -> Path:
     return home() / "tune-jobs" / name
 
 
+@dataclass
+class Face:
+    """What the CLI shows while a job runs: `callbacks` for Tune (the live table), Tune's own
+    `verbose` level, and `confirming(done, total)` during the confirmation."""
+
+    callbacks: list = field(default_factory=list)
+    verbose: int = 0
+    confirming: Callable[[int, int], None] | None = None
+
+
 def run_job(job: TuningJob, name: str | None = None, tracking_uri: str | None = None, build_steps: int | None = None,
-            started: Callable[[str], None] | None = None) -> JobOutcome:
+            started: Callable[[str], None] | None = None, face: Face | None = None) -> JobOutcome:
     """Run the job under `name`; `started(name)` is called once every check has passed."""
     name = name or job.name
     record_dir = job_record_dir(name)
@@ -93,12 +106,15 @@ def run_job(job: TuningJob, name: str | None = None, tracking_uri: str | None = 
 
     from rlservice.runtime import tuner
 
+    face = face or Face()
     start = time.monotonic()
-    trials = tuner.fit(job, target, name, storage_root(), data)
-    return _conclude(job, target, name, trials, time.monotonic() - start, 0)
+    with tuner.session():
+        trials = tuner.fit(job, target, name, storage_root(), data, face.callbacks, face.verbose)
+        confirmed, champion = _confirm(job, target, name, trials, face)
+    return _conclude(job, target, name, trials, confirmed, champion, time.monotonic() - start, 0)
 
 
-def resume_job(name: str) -> JobOutcome:
+def resume_job(name: str, face: Face | None = None) -> JobOutcome:
     """Continue job `name` where it stopped, with its saved spec and MLflow parent run."""
     saved_file = job_record_dir(name) / JOB_FILE
     if not saved_file.is_file():
@@ -118,9 +134,12 @@ def resume_job(name: str) -> JobOutcome:
     if not tuner.can_restore(experiment):
         raise RLServiceError(f"job {name!r} stopped before Ray Tune saved its state; start it again under a new --name")
     observed = tuner.searcher_observations(experiment)
+    face = face or Face()
     start = time.monotonic()
-    trials = tuner.refit(job, target, experiment, data)
-    return _conclude(job, target, name, trials, time.monotonic() - start, observed)
+    with tuner.session():
+        trials = tuner.refit(job, target, experiment, data, face.callbacks, face.verbose)
+        confirmed, champion = _confirm(job, target, name, trials, face)
+    return _conclude(job, target, name, trials, confirmed, champion, time.monotonic() - start, observed)
 
 
 def check_cluster(timeout: float = 5.0) -> None:
@@ -139,8 +158,9 @@ def check_cluster(timeout: float = 5.0) -> None:
                              f"{exc.strerror or 'no answer in time'}") from None
 
 
-def _conclude(job: TuningJob, target: JobTracking, name: str, trials: list[dict[str, Any]], wall: float,
-              observed: int) -> JobOutcome:
+def _confirm(job: TuningJob, target: JobTracking, name: str, trials: list[dict[str, Any]], face: Face):
+    """Once every trial has finished: confirm the top candidates, and a champion that has no
+    confirmed score yet (only when there is a candidate to compare with it)."""
     finished = [t for t in trials if t["status"] != "unfinished"]
     if len(finished) < job.trials:
         end_superseded(target, trials)  # the runs of stopped trials: a resume continues them in new runs
@@ -148,21 +168,36 @@ def _conclude(job: TuningJob, target: JobTracking, name: str, trials: list[dict[
             f"job {name!r} interrupted with {len(finished)} of {job.trials} trials finished; "
             f"continue it with `rlservice tune resume {name}`"
         )
+    from rlservice.runtime import confirmation
+
+    todo = confirmation.candidates(job, trials)
+    champion = confirmation.champion_candidate(job, target) if todo else None
+    done = confirmation.confirm(job, target, todo + ([champion] if champion else []), face.confirming)
+    selection = {s for t in trials for s in t["selection_seeds"]}
+    if reused := sorted(selection & {s for c in done for s in c["confirmed_seeds"]}):
+        raise RLServiceError(f"confirmation seeds {reused[:3]}... were used in selection: the confirmed scores "
+                             "would not be on fresh episodes")
+    return done[: len(todo)], (done[-1] if champion else None)
+
+
+def _conclude(job: TuningJob, target: JobTracking, name: str, trials: list[dict[str, Any]], confirmed: list[dict],
+              champion: dict | None, wall: float, observed: int) -> JobOutcome:
     quality = ope_quality_of(job, trials)
     if quality is not None:
         log_ope_quality(target, quality)
-    registered = finish_job(target, job, trials)
+    registered = finish_job(target, job, trials, confirmed, champion)
     saved_file = job_record_dir(name) / JOB_FILE
     saved_file.write_text(json.dumps({**json.loads(saved_file.read_text()), "finished": True}, indent=2))
     return JobOutcome(
         name=name,
         storage=experiment_uri(name),
         trials=trials,
-        best=best_trial(trials),
+        best=registered_trial(trials, registered),
         mlflow={"tracking_uri": target.uri, "experiment": target.experiment, "parent_run_id": target.parent_run_id,
                 **registered},
         wall_time_s=wall,
         searcher_observations_at_start=observed,
+        confirmed=confirmed,
         selection=job.selection,
         ope_quality=quality,
     )
@@ -183,7 +218,7 @@ def ope_quality_of(job: TuningJob, trials: list[dict[str, Any]]) -> dict[str, An
             "trials": [{k: t[k] for k in ("trial", "run_id", "final_score", "fqe_score")} for t in scored]}
 
 
-def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The trial whose best checkpoint scores highest (the one MLflow registers)."""
-    ranked = [t for t in trials if t["status"] in ("completed", "early-stopped") and t["score"] is not None]
-    return max(ranked, key=lambda t: t["score"], default=None)
+def registered_trial(trials: list[dict[str, Any]], registered: dict[str, Any]) -> dict[str, Any] | None:
+    """The trial whose policy was registered, with its confirmed score when there is one."""
+    row = next((t for t in trials if registered["best_run_id"] and t["run_id"] == registered["best_run_id"]), None)
+    return None if row is None else {**row, "confirmed": registered.get("confirmed")}

@@ -8,7 +8,11 @@ import gymnasium as gym
 from minari.storage import get_dataset_path
 
 from rlservice.config.tuning import DatasetSpec
-from rlservice.data.minari_io import OfflineData, build_random_dataset, load_offline_data
+from rlservice.data.minari_io import (
+    OfflineData,
+    build_random_dataset,
+    load_offline_data,
+)
 from rlservice.errors import ConfigError, DatasetError
 
 

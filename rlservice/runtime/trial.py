@@ -3,7 +3,8 @@
 The learner is a single process and stays in the trial itself. After every evaluation the trial
 reports `score` (mean normalised score over its seeds) and a checkpoint directory holding
 `best/` (the best evaluation's weights) and `latest/` (where a retry resumes: the state of the
-step just evaluated, although training has moved on while the evaluation ran). A retry reads
+step just evaluated, although training has moved on while the evaluation ran; after the last
+evaluation, the final weights, which the trial's run logs as `final_checkpoint`). A retry reads
 `tune.get_checkpoint()` and continues from `latest/`, so the scores the searcher and the
 scheduler see are those of one unbroken run.
 
@@ -86,7 +87,7 @@ def _train(config: dict[str, Any], setup: TrialSetup, data: OfflineData, run_dir
         tracking.finish("diverged", trainer.history, run_dir / "best")
         tune.report(reporter.metrics(result.steps, DIVERGED_SCORE, status="diverged"))
     elif not reporter.reported:  # resumed after its last evaluation: only the final report was missing
-        tracking.finish("completed", trainer.history, run_dir / "best")
+        tracking.finish("completed", trainer.history, run_dir / "best", run_dir / "latest")
         reporter.report(trainer.history[-1], "completed")
 
 
@@ -131,10 +132,11 @@ class _Reporter:
             if final and self.job.offline_evaluation is not None:
                 record = {**record, **self.fqe_of_policies()}
             logged = {k: v for k, v in record.items() if k != "step"}
-        self.tracking.log_metrics(step, {k: float(v) for k, v in logged.items()})
+        self.tracking.log_metrics(step, logged)  # numbers only: the per-episode lists stay out
         self.trainer.save_evaluated("latest")  # the state of `step`, not of the step training has reached
         if final:
-            self.tracking.finish("completed", self.trainer.history, self.trainer.run_dir / "best")
+            self.tracking.finish("completed", self.trainer.history, self.trainer.run_dir / "best",
+                                 self.trainer.run_dir / "latest")
         self.report(record, "completed" if final else "running")
 
     def report(self, record: dict[str, Any], status: str) -> None:
@@ -162,6 +164,8 @@ class _Reporter:
             "score": score,
             "best_score": best["normalized_score"] if best else None,
             "best_score_std": best["normalized_score_std"] if best else None,
+            "best_episode_scores": best.get("episode_scores") if best else None,
+            "selection_seeds": sorted({s for h in self.trainer.history for s in h.get("episode_seeds", ())}),
             "status": status,
             "node_id": self.node_id,
             "mlflow_run_id": self.tracking.run_id,

@@ -7,6 +7,7 @@ import pickle
 import shutil
 import signal
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from rlservice.runtime import search
 from rlservice.runtime.session import start_ray
 from rlservice.runtime.trial import TrialSetup, run_trial, scratch_root
 from rlservice.tracking.tuning_runs import JobTracking
+from rlservice.training.intervals import score_interval
 
 
 def connect() -> None:
@@ -33,39 +35,77 @@ def connect() -> None:
         signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
 
 
-def fit(job: TuningJob, target: JobTracking, name: str, storage: str, data: OfflineData) -> list[dict[str, Any]]:
+@contextmanager
+def session():
+    """Ray for the length of a job: the search and the confirmation after it share one start."""
     connect()
     try:
-        tuner = tune.Tuner(
-            _trainable(job, target, data),
-            tune_config=tune.TuneConfig(
-                search_alg=search.searcher(job), scheduler=search.scheduler(job), num_samples=job.trials,
-                reuse_actors=False,
-            ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=storage,
-                failure_config=tune.FailureConfig(max_failures=job.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            ),
-        )
-        experiment_path = tuner.fit().experiment_path
+        yield
     finally:
         ray.shutdown()
-    return _finish(job, name, experiment_path)
 
 
-def refit(job: TuningJob, target: JobTracking, experiment_dir: str, data: OfflineData) -> list[dict[str, Any]]:
-    """Continue a job: finished trials stay as they are; unfinished and failed ones resume from
-    their last checkpoints; the searcher continues with the observations it had."""
-    connect()
-    try:
-        tuner = tune.Tuner.restore(experiment_dir, trainable=_trainable(job, target, data),
-                                   resume_unfinished=True, resume_errored=True)
-        experiment_path = tuner.fit().experiment_path
-    finally:
-        ray.shutdown()
-    return _finish(job, Path(experiment_dir).name, experiment_path)
+def fit(job: TuningJob, target: JobTracking, name: str, storage: str, data: OfflineData,
+        callbacks: list | None = None, verbose: int = 0) -> list[dict[str, Any]]:
+    """Run the search (inside `session()`). `callbacks`: Tune callbacks (the CLI's live table);
+    `verbose`: Tune's own progress output (0: none, its tables only with 1 or more)."""
+    tuner = tune.Tuner(
+        _trainable(job, target, data),
+        tune_config=tune.TuneConfig(
+            search_alg=search.searcher(job), scheduler=search.scheduler(job), num_samples=job.trials,
+            reuse_actors=False, trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=job.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=callbacks,
+            verbose=verbose,
+        ),
+    )
+    return _finish(job, name, tuner.fit().experiment_path)
+
+
+def trial_name(trial: Trial) -> str:
+    """`t07 rs=28 pa=4e-4 nc=4`: the trial's number and its knobs (the MLflow run's name)."""
+    number = int(trial.experiment_tag.split("_", 1)[0])
+    return f"t{number:02d} {knob_label(trial.config)}".strip()
+
+
+def trial_dirname(trial: Trial) -> str:
+    return f"run_trial_{trial.trial_id}_{trial.experiment_tag}"[:130]
+
+
+def knob_label(config: dict[str, Any]) -> str:
+    """Knobs by their initials (reward_scale -> rs; the full name where two share them), values short."""
+    initials = {k: "".join(w[:1] for w in k.split("_")) for k in config}
+    shared = {a for a in initials.values() if list(initials.values()).count(a) > 1}
+    return " ".join(f"{k if initials[k] in shared else initials[k]}={_short(v)}" for k, v in config.items())
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        if value != 0 and (abs(value) < 0.01 or abs(value) >= 1e4):
+            mantissa, exponent = f"{value:.0e}".split("e")
+            return f"{mantissa}e{int(exponent)}"
+        return f"{value:.0f}" if abs(value) >= 100 else f"{value:.2g}"
+    return str(value)
+
+
+def refit(job: TuningJob, target: JobTracking, experiment_dir: str, data: OfflineData,
+          callbacks: list | None = None, verbose: int = 0) -> list[dict[str, Any]]:
+    """Continue a job (inside `session()`): finished trials stay as they are; unfinished and failed
+    ones resume from their last checkpoints; the searcher continues with the observations it had."""
+    tuner = tune.Tuner.restore(experiment_dir, trainable=_trainable(job, target, data),
+                               resume_unfinished=True, resume_errored=True)
+    # The restored run config is the pickled one of the first session; this session's output
+    # goes to this session's callbacks (Tune has no public way to replace them on restore).
+    run_config = tuner._local_tuner.get_run_config()
+    run_config.callbacks, run_config.verbose = callbacks, verbose
+    return _finish(job, Path(experiment_dir).name, tuner.fit().experiment_path)
 
 
 def _finish(job: TuningJob, name: str, experiment_path: str) -> list[dict[str, Any]]:
@@ -115,19 +155,24 @@ def _row(job: TuningJob, trial: Trial) -> dict[str, Any]:
     last = trial.last_result or {}
     checkpoint = trial.checkpoint
     best = Path(checkpoint.path) / "best" if checkpoint is not None else None
+    final = Path(checkpoint.path) / "latest" if checkpoint is not None else None
+    episodes = last.get("best_episode_scores")
     return {
         "trial": trial.trial_id,
-        "name": str(trial),  # the trial's name, as its MLflow runs are tagged (`tune_trial`)
+        "name": str(trial),  # `t07 rs=28 nc=4`, as the trial's MLflow run (and its `tune_trial` tag)
         "run_id": last.get("mlflow_run_id"),
         "status": _status(job, trial, last),
         "score": last.get("best_score"),
         "score_std": last.get("best_score_std"),
+        "score_interval": score_interval(episodes).to_json() if episodes else None,
         "final_score": last.get("score"),
         "fqe_score": last.get("fqe_score"),  # with offline_evaluation: FQE of the final policy
         "fqe_return": last.get("fqe_return"),
         "steps": last.get("step"),
         "config": dict(trial.config),
         "checkpoint": str(best) if best is not None and best.is_dir() else None,
+        "final_checkpoint": str(final) if final is not None and final.is_dir() else None,
+        "selection_seeds": last.get("selection_seeds") or [],
         "node_id": last.get("node_id"),
         "failures": trial.num_failures,
     }

@@ -22,10 +22,23 @@ FORMATS = ("torchscript", "onnx")
 def policy_from_checkpoint(directory: str | Path, seed_index: int = 0) -> Policy:
     """Seed `seed_index`'s policy out of a (possibly multi-seed) trainer checkpoint."""
     state, run_config, _ = load_checkpoint(directory)
-    cfg = run_config.agent
     seeds = run_config.train.num_seeds
     if not 0 <= seed_index < seeds:
         raise RLServiceError(f"seed index {seed_index} is outside the checkpoint's {seeds} seeds")
+    return _policy(state, run_config, seed_index)
+
+
+def seed_policies(directory: str | Path) -> tuple[list[Policy], tuple[int, int, bool]]:
+    """Every seed's policy of a checkpoint, and the actor's shape (hidden, layers, layernorm)
+    that `Policy.from_state_dict` needs to rebuild them elsewhere."""
+    state, run_config, _ = load_checkpoint(directory)
+    cfg = run_config.agent
+    policies = [_policy(state, run_config, k) for k in range(run_config.train.num_seeds)]
+    return policies, (cfg.actor_hidden, cfg.actor_layers, cfg.actor_layernorm)
+
+
+def _policy(state, run_config, seed_index: int) -> Policy:
+    cfg = run_config.agent
     flat = {f"actor.{k}": v[seed_index : seed_index + 1] for k, v in state["learner"]["actor"].items()}
     flat.update({f"normalizer.{k}": v for k, v in state["normalizer"].items()})
     flat.update(action_low=state["action_low"], action_high=state["action_high"])

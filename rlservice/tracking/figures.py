@@ -132,3 +132,21 @@ def _as(distribution, value):
     from optuna.distributions import FloatDistribution
 
     return float(value) if isinstance(distribution, FloatDistribution) else value
+
+
+def tuning_budget(curve: dict[str, list[float]], confirmed: dict[str, Any] | None) -> Figure:
+    """Expected best final score of n trials (with its bootstrap band) against n, and the
+    registered policy's confirmed score with its interval beside it."""
+    fig = Figure(figsize=(6, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    n = curve["trials"]
+    ax.plot(n, curve["expected_max"], marker="o", markersize=3, label="expected best final score of n trials")
+    ax.fill_between(n, curve["low"], curve["high"], alpha=0.25, label="95% bootstrap band")
+    if confirmed is not None:
+        ax.axhline(confirmed["mean"], color="tab:red", label=f"registered, confirmed {confirmed['mean']:.1f}")
+        ax.axhspan(confirmed["low"], confirmed["high"], color="tab:red", alpha=0.12)
+    ax.set_xlabel("trials (tuning budget)")
+    ax.set_ylabel("normalised score")
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig

@@ -80,19 +80,43 @@ def register_policy(uri: str, run_id: str, checkpoint_dir: str | Path, name: str
         return mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in tags.items()})
 
 
-def promote_if_better(uri: str, name: str, version: str, score: float, dataset_id: str) -> bool:
-    """Move `champion` to `version` when there is no champion yet or when `score` beats the
-    champion's score on the same dataset; a champion of another dataset is not comparable and stays."""
+def promote_if_better(uri: str, name: str, version: str, confirmed_score: float | None, dataset_id: str) -> bool:
+    """Move `champion` to `version` when there is no champion yet, or when `confirmed_score` beats
+    the champion's confirmed score on the same dataset. Selection scores never move it: a
+    candidate without a confirmed score, or a champion without one, leaves the champion where it
+    is (the tuning driver confirms such a champion first), and a champion of another dataset is
+    not comparable and stays."""
     c = client(uri)
-    try:
-        current = c.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        current = None
+    current = _champion(c, name)
     if current is not None:
-        if current.tags.get("dataset") != dataset_id or score <= float(current.tags.get("score", "-inf")):
+        if current.tags.get("dataset") != dataset_id or confirmed_score is None:
+            return False
+        if "confirmed_score" not in current.tags or confirmed_score <= float(current.tags["confirmed_score"]):
             return False
     c.set_registered_model_alias(name, CHAMPION, version)
     return True
+
+
+def unconfirmed_champion(uri: str, name: str, dataset_id: str):
+    """The champion of `name` on `dataset_id` when it has no confirmed score (registered before
+    confirmation, or by a job that turned it off), else None."""
+    current = _champion(client(uri), name)
+    if current is None or current.tags.get("dataset") != dataset_id or "confirmed_score" in current.tags:
+        return None
+    return current
+
+
+def set_version_tags(uri: str, name: str, version: str, tags: dict[str, Any]) -> None:
+    c = client(uri)
+    for key, value in tags.items():
+        c.set_model_version_tag(name, version, key, str(value))
+
+
+def _champion(c: mlflow.MlflowClient, name: str):
+    try:
+        return c.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
 
 
 def _version(c: mlflow.MlflowClient, ref: str):

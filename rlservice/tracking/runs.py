@@ -29,6 +29,7 @@ from rlservice.config.run import AgentConfig, RunConfig
 from rlservice.errors import ConfigError
 from rlservice.tracking import registry
 from rlservice.tracking.store import TrackingError, client, error_line, experiment_id
+from rlservice.training.intervals import score_interval
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ RUN_STATUS = {"completed": "FINISHED", "early-stopped": "FINISHED", "interrupted
               "diverged": "FAILED", "failed": "FAILED"}
 RANKED = ("completed", "early-stopped")  # statuses whose runs are ranked and may be registered
 RUN_FILE = "mlflow-run.json"  # a run directory's MLflow run id, next to latest/ and best/
+CHECKPOINT, FINAL_CHECKPOINT = "checkpoint", "final_checkpoint"  # a trial run's artifacts: best and last evaluation
 RETRY_FIRST_S, RETRY_MAX_S = 2.0, 15.0
 START_DEADLINE_S = 60.0
 FINISH_DEADLINE_S = 120.0
@@ -123,8 +125,7 @@ class TrialRun:
         self.uri, self.name = uri, name
         self._client = client(uri)
         self._metrics: list[Metric] = []
-        self._checkpoint: Path | None = None
-        self._checkpoint_pending = False
+        self._checkpoints: dict[str, Path] = {}  # artifact path -> directory, still to send
         self._final: tuple[str, Any, str] | None = None  # status tag, learning-curve figure, MLflow status
         self._retry_at = 0.0
         self._pause = RETRY_FIRST_S
@@ -156,10 +157,9 @@ class TrialRun:
         ]
         self._try_send()
 
-    def log_checkpoint(self, checkpoint_dir: str | Path) -> None:
-        """Upload `checkpoint_dir` as the run's artifact `checkpoint`, over the previous one."""
-        self._checkpoint = Path(checkpoint_dir)
-        self._checkpoint_pending = True
+    def log_checkpoint(self, checkpoint_dir: str | Path, artifact: str = CHECKPOINT) -> None:
+        """Upload `checkpoint_dir` as the run's artifact `artifact`, over the previous one."""
+        self._checkpoints[artifact] = Path(checkpoint_dir)
         self._try_send()
 
     def finish(self, status: str, history: list[dict[str, Any]], *, score: float | None = None,
@@ -175,6 +175,8 @@ class TrialRun:
         if score is not None:
             step = best["step"] if best is not None else 0
             self.log_metrics(step, {"score": score, "score_std": score_std or 0.0})
+            if best is not None and best.get("episode_scores") and score == best["normalized_score"]:
+                self.log_metrics(step, interval_metrics("score", score_interval(best["episode_scores"]).to_json()))
         from rlservice.tracking import (
             figures,  # matplotlib: imported only when a figure is drawn
         )
@@ -188,8 +190,8 @@ class TrialRun:
                     "tracking server %s did not answer for %.0fs: gave up on run %s (%d metric values%s not logged); "
                     "checkpoints stay on disk%s",
                     self.uri, deadline_s, self.run_id, len(self._metrics),
-                    " and the checkpoint" if self._checkpoint_pending else "",
-                    f" in {self._checkpoint.parent}" if self._checkpoint else "",
+                    " and the checkpoints" if self._checkpoints else "",
+                    "".join(f" in {p.parent}" for p in list(self._checkpoints.values())[:1]),
                 )
                 return False
             time.sleep(min(max(self._retry_at - time.monotonic(), 0.1), remaining))
@@ -222,9 +224,9 @@ class TrialRun:
             chunk = self._metrics[:_MAX_METRICS]
             self._client.log_batch(self.run_id, metrics=chunk)
             del self._metrics[: len(chunk)]
-        if self._checkpoint_pending:
-            self._client.log_artifacts(self.run_id, str(self._checkpoint), "checkpoint")
-            self._checkpoint_pending = False
+        for artifact, directory in list(self._checkpoints.items()):
+            self._client.log_artifacts(self.run_id, str(directory), artifact)
+            del self._checkpoints[artifact]
         if self._final is not None:
             status, figure, run_status = self._final
             self._client.set_tag(self.run_id, "status", status)
@@ -260,42 +262,141 @@ def log_training_run(uri: str, experiment: str, trainer, *, name: str | None = N
 
 
 def finish_job(uri: str, parent_run_id: str, trials: list[dict], *, model_name: str, dataset_id: str,
-               preset: str | None, searched: list[str], version_tags: dict[str, str] | None = None) -> dict:
-    """Summarise a tuning job on its parent run (trials.csv, summary.png, best_score), register the
-    best trial's policy as a new version of `model_name` (with `version_tags` added to its tags),
-    move `champion` to it when it beats the champion on the same dataset, and end the parent run."""
+               preset: str | None, searched: list[str], confirmed: list[dict] | None = None,
+               champion: dict | None = None, version_tags: dict[str, str] | None = None) -> dict:
+    """Summarise a tuning job on its parent run, register its policy and end the run.
+
+    `confirmed`: the candidates re-evaluated on fresh episodes (runtime.confirmation), each with
+    its `confirmed` interval; the registered version is the one with the highest confirmed score,
+    else (no confirmation) the trial with the best selection score. `champion`: the current
+    champion confirmed under the same protocol, whose confirmed tags are written first.
+    `version_tags` are added to the registered version's tags. The parent run gets trials.csv,
+    summary.png, tuning_budget.csv/png and a description with the top configs."""
     c = client(uri)
-    best = max((t for t in trials if t.get("status") in RANKED and t.get("score") is not None),
-               key=lambda t: t["score"], default=None)
-    result = {"model": model_name, "version": None, "champion": False, "best_run_id": None, "best_score": None}
+    ranked = [t for t in trials if t.get("status") in RANKED and t.get("score") is not None]
+    chosen = max(confirmed or [], key=lambda k: k["confirmed"]["mean"], default=None)
+    by_trial = {t["trial"]: t for t in trials}
+    best = by_trial[chosen["trial"]] if chosen else max(ranked, key=lambda t: t["score"], default=None)
+    result = {"model": model_name, "version": None, "champion": False, "best_run_id": None, "best_score": None,
+              "confirmed": chosen}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             c.log_artifact(parent_run_id, str(_write_trials_csv(trials, Path(tmp) / "trials.csv")))
             from rlservice.tracking import figures
 
             c.log_figure(parent_run_id, figures.job_summary(trials, searched), "summary.png")
+            _log_budget(c, parent_run_id, trials, chosen, Path(tmp))
+            _log_confirmed(c, confirmed or [])
+            if champion is not None:
+                registry.set_version_tags(uri, champion["model"], champion["version"], confirmed_tags(champion))
             if best is not None:
                 lineage = c.get_run(best["run_id"]).data.params
                 tags = {
                     "run_id": best["run_id"], "parent_run_id": parent_run_id, "trial": best["trial"],
                     "dataset": dataset_id, "preset": preset or "none",
                     "score": repr(float(best["score"])), "score_std": repr(float(best.get("score_std") or 0.0)),
+                    "selection_score": repr(float(best["score"])), "trials": len(trials),
                     "dataset_digest": lineage.get("dataset.digest", "unknown"),
                     "git_commit": lineage.get("git.commit", "unknown"),
                     **(version_tags or {}),
+                    **(confirmed_tags(chosen) if chosen else {}),
                 }
-                checkpoint = _local_checkpoint(c, best, Path(tmp))
+                kind = chosen["checkpoint_kind"] if chosen else "best"
+                checkpoint = local_checkpoint(uri, best["run_id"], chosen["checkpoint"] if chosen else best["checkpoint"],
+                                              Path(tmp), FINAL_CHECKPOINT if kind == "final" else CHECKPOINT)
                 version = registry.register_policy(uri, best["run_id"], checkpoint, model_name, tags).version
-                champion = registry.promote_if_better(uri, model_name, version, float(best["score"]), dataset_id)
-                c.log_metric(parent_run_id, "best_score", float(best["score"]))
+                champion_moved = registry.promote_if_better(
+                    uri, model_name, version, chosen["confirmed"]["mean"] if chosen else None, dataset_id)
+                c.log_metric(parent_run_id, "best_selection_score", float(best["score"]))
+                if chosen:
+                    for key in ("mean", "low", "high"):
+                        c.log_metric(parent_run_id, f"confirmed_score{'' if key == 'mean' else '_ci_' + key}",
+                                     chosen["confirmed"][key])
                 c.set_tag(parent_run_id, "best_run_id", best["run_id"])
                 c.set_tag(parent_run_id, "registered_model", f"{model_name}/{version}")
-                result.update(version=version, champion=champion, best_run_id=best["run_id"],
+                result.update(version=version, champion=champion_moved, best_run_id=best["run_id"],
                               best_score=float(best["score"]))
+            c.set_tag(parent_run_id, "mlflow.note.content", job_description(trials, confirmed or [], result))
         c.set_terminated(parent_run_id, "FINISHED" if best is not None else "FAILED")
     except MlflowException as exc:
         raise TrackingError(f"could not finish job run {parent_run_id} in {uri}: {error_line(exc)}") from None
     return result
+
+
+def interval_metrics(name: str, interval: dict) -> dict[str, float]:
+    """A score's interval as run metrics: NAME_ci_low, NAME_ci_high, NAME_seeds, NAME_episodes."""
+    return {f"{name}_ci_low": interval["low"], f"{name}_ci_high": interval["high"],
+            f"{name}_seeds": interval["seeds"], f"{name}_episodes": interval["episodes"]}
+
+
+def _log_confirmed(c: MlflowClient, confirmed: list[dict]) -> None:
+    """On each confirmed trial's run: its best confirmed checkpoint's score and interval."""
+    best_of = {k["run_id"]: k for k in sorted(confirmed, key=lambda k: k["confirmed"]["mean"])}  # the best last
+    for run_id, k in best_of.items():
+        metrics = {"confirmed_score": k["confirmed"]["mean"], **interval_metrics("confirmed_score", k["confirmed"])}
+        now = int(time.time() * 1000)
+        c.log_batch(run_id, metrics=[Metric(key, float(v), now, 0) for key, v in metrics.items()])
+        c.set_tag(run_id, "confirmed_checkpoint", k["checkpoint_kind"])
+
+
+def confirmed_tags(candidate: dict) -> dict[str, str]:
+    """A registered version's evidence: its confirmed score, interval, episodes and checkpoint."""
+    interval, seeds = candidate["confirmed"], candidate["confirmed_seeds"]
+    return {
+        "confirmed_score": repr(interval["mean"]), "confirmed_ci_low": repr(interval["low"]),
+        "confirmed_ci_high": repr(interval["high"]), "confirmed_episodes": str(interval["episodes"]),
+        "confirmed_seeds": str(interval["seeds"]), "confirmed_env_seeds": f"{seeds[0]}-{seeds[-1]}",
+        "confirmed_checkpoint": candidate["checkpoint_kind"],
+    }
+
+
+def _log_budget(c: MlflowClient, parent_run_id: str, trials: list[dict], chosen: dict | None, tmp: Path) -> None:
+    """tuning_budget.csv and .png: the expected best final score of n of this job's trials."""
+    from rlservice.tracking import figures
+    from rlservice.training.tuning_budget import budget_curve
+
+    finals = [t["final_score"] for t in trials if t.get("status") in RANKED and t.get("final_score") is not None]
+    if not finals:
+        return
+    curve = budget_curve(finals)
+    path = tmp / "tuning_budget.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["trials", "expected_max_final_score", "ci_low", "ci_high", "registered_confirmed_score"])
+        confirmed = chosen["confirmed"]["mean"] if chosen else None
+        for row in zip(curve["trials"], curve["expected_max"], curve["low"], curve["high"]):
+            writer.writerow([*row, confirmed])
+    c.log_artifact(parent_run_id, str(path))
+    c.log_figure(parent_run_id, figures.tuning_budget(curve, chosen["confirmed"] if chosen else None),
+                 "tuning_budget.png")
+
+
+def job_description(trials: list[dict], confirmed: list[dict], result: dict, top: int = 5) -> str:
+    """Markdown for the parent run's description: confirmed candidates, then the top trials by
+    selection score, each score with its 95% interval and what it rests on."""
+    from rlservice.training.intervals import Interval
+
+    lines = []
+    if confirmed:
+        lines += ["**Confirmed on fresh episodes** (registered: the highest confirmed score)", "",
+                  "| trial | checkpoint | confirmed score [95% CI] | selection score |", "|---|---|---|---|"]
+        for k in sorted(confirmed, key=lambda k: -k["confirmed"]["mean"]):
+            lines.append(f"| {k.get('name') or k['trial']} | {k['checkpoint_kind']} | {Interval(**k['confirmed']).text()} "
+                         f"| {k['selection_score']:.2f} |")
+        lines.append("")
+    ranked = sorted((t for t in trials if t.get("status") in RANKED and t.get("score") is not None),
+                    key=lambda t: -t["score"])[:top]
+    lines += ["**Top trials by selection score** (best evaluation during training: optimistic)", "",
+              "| trial | selection score [95% CI] | final score | knobs |", "|---|---|---|---|"]
+    for t in ranked:
+        interval = Interval(**t["score_interval"]).text() if t.get("score_interval") else f"{t['score']:.2f}"
+        knobs = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(t["config"].items()))
+        final = f"{t['final_score']:.2f}" if t.get("final_score") is not None else "-"
+        lines.append(f"| {t.get('name') or t['trial']} | {interval} | {final} | {knobs} |")
+    if result.get("version"):
+        lines += ["", f"Registered: {result['model']} version {result['version']}"
+                  + (" (champion)" if result["champion"] else " (champion unchanged)")]
+    return "\n".join(lines)
 
 
 def _write_trials_csv(trials: list[dict], path: Path) -> Path:
@@ -323,17 +424,15 @@ def log_table(uri: str, run_id: str, name: str, columns: list[str], rows: list[t
             raise TrackingError(f"could not log {name} to run {run_id} in {uri}: {error_line(exc)}") from None
 
 
-def _local_checkpoint(c: MlflowClient, trial: dict, tmp: Path) -> Path:
-    """The trial's checkpoint on this machine, else the copy logged to its run."""
-    local = trial.get("checkpoint")
+def local_checkpoint(uri: str, run_id: str, local: str | Path | None, tmp: Path, artifact: str = CHECKPOINT) -> Path:
+    """A trial's checkpoint on this machine (`local`, where Tune keeps it), else the copy logged
+    to its run as `artifact`."""
     if local and (Path(local) / "state.pt").is_file():
         return Path(local)
     try:
-        return Path(c.download_artifacts(trial["run_id"], "checkpoint", str(tmp)))
+        return Path(client(uri).download_artifacts(run_id, artifact, str(tmp / run_id)))
     except MlflowException as exc:
-        raise TrackingError(
-            f"trial {trial['trial']} has no checkpoint here or in run {trial['run_id']}: {error_line(exc)}"
-        ) from None
+        raise TrackingError(f"run {run_id} has no {artifact} here or in the store: {error_line(exc)}") from None
 
 
 # ----------------------------------------------------------------- browsing
@@ -365,6 +464,9 @@ def best_runs(uri: str, experiment: str, dataset: str | None = None, top: int = 
                 "status": run_tags["status"],
                 "score": metrics["score"],
                 "score_std": metrics.get("score_std", 0.0),
+                "score_interval": _interval(metrics, "score"),
+                "confirmed": _interval(metrics, "confirmed_score"),
+                "confirmed_checkpoint": run_tags.get("confirmed_checkpoint"),
                 "dataset": params.get("dataset.id"),
                 "preset": params.get("preset"),
                 "knobs": changed_knobs(params),
@@ -374,6 +476,14 @@ def best_runs(uri: str, experiment: str, dataset: str | None = None, top: int = 
         if not token:
             break
     return rows[:top]
+
+
+def _interval(metrics: dict[str, float], name: str) -> dict[str, Any] | None:
+    """A score and its interval read back from a run's metrics (None where it was not logged)."""
+    if name not in metrics or f"{name}_ci_low" not in metrics:
+        return None
+    return {"mean": metrics[name], "low": metrics[f"{name}_ci_low"], "high": metrics[f"{name}_ci_high"],
+            "seeds": int(metrics[f"{name}_seeds"]), "episodes": int(metrics[f"{name}_episodes"])}
 
 
 def changed_knobs(params: dict[str, str]) -> dict[str, Any]:

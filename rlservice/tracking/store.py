@@ -89,11 +89,19 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
     return None if root is None else str(root / re.sub(r"[^\w.-]", "_", experiment))
 
 
+# MLflow 3 opens an experiment in its GenAI view unless it is marked as model development.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(c: MlflowClient, uri: str, name: str) -> str:
     experiment = c.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage != "deleted":
+        for key, value in EXPERIMENT_KIND.items():
+            if experiment.tags.get(key) != value:  # made by an older version, or by hand
+                c.set_experiment_tag(experiment.experiment_id, key, value)
     if experiment is None:
         try:
-            return c.create_experiment(name, artifact_location=_artifact_location(uri, name))
+            return c.create_experiment(name, artifact_location=_artifact_location(uri, name), tags=EXPERIMENT_KIND)
         except MlflowException:
             experiment = c.get_experiment_by_name(name)  # created meanwhile by another trial
             if experiment is None:

@@ -57,16 +57,19 @@ def start_job(uri: str, job: TuningJob, name: str, digest: str) -> JobTracking:
     return JobTracking(uri, job.mlflow.experiment, parent)
 
 
-def finish_job(target: JobTracking, job: TuningJob, trials: list[dict[str, Any]]) -> dict[str, Any]:
-    """End the runs no trial could end (ASHA stopped it, or it failed for good), then summarise."""
+def finish_job(target: JobTracking, job: TuningJob, trials: list[dict[str, Any]], confirmed: list[dict] | None = None,
+               champion: dict | None = None) -> dict[str, Any]:
+    """End the runs no trial could end (ASHA stopped it, or it failed for good), then summarise
+    and register (`confirmed`, `champion`: see runs.finish_job)."""
     for trial in trials:
         if trial["run_id"]:
-            end_run(target, trial["run_id"], trial["status"], trial["score"], trial["score_std"])
+            end_run(target, trial["run_id"], trial["status"], trial["score"], trial["score_std"],
+                    interval=trial.get("score_interval"))
     end_superseded(target, trials)
     return runs.finish_job(
         target.uri, target.parent_run_id, trials, model_name=job.mlflow.registered_model,
         dataset_id=job.dataset.id, preset=job.preset, searched=list(job.search_space),
-        version_tags=selection_tags(job, trials),
+        confirmed=confirmed, champion=champion, version_tags=selection_tags(job, trials),
     )
 
 
@@ -98,7 +101,7 @@ def log_ope_quality(target: JobTracking, quality: dict[str, Any]) -> None:
 
 
 def end_run(target: JobTracking, run_id: str, status: str, score: float | None = None,
-            score_std: float | None = None, tags: dict[str, str] | None = None) -> None:
+            score_std: float | None = None, tags: dict[str, str] | None = None, interval: dict | None = None) -> None:
     """End a trial's run that its own process can no longer finish (no-op if it has ended)."""
     client = store.client(target.uri)
     if _ended(client, run_id):
@@ -106,6 +109,8 @@ def end_run(target: JobTracking, run_id: str, status: str, score: float | None =
     if score is not None:
         client.log_metric(run_id, "score", score)
         client.log_metric(run_id, "score_std", score_std or 0.0)
+        for key, value in (runs.interval_metrics("score", interval) if interval else {}).items():
+            client.log_metric(run_id, key, value)
     for key, value in {**(tags or {}), "status": status}.items():
         client.set_tag(run_id, key, value)
     client.set_terminated(run_id, runs.RUN_STATUS[status])
@@ -170,10 +175,12 @@ class TrialTracking:
         if self.run:
             self.run.log_metrics(step, metrics)
 
-    def finish(self, status: str, history: list[dict[str, Any]], best_dir: Path) -> None:
-        """Log the best checkpoint (when there is one) and end the run with `status`."""
+    def finish(self, status: str, history: list[dict[str, Any]], best_dir: Path, final_dir: Path | None = None) -> None:
+        """Log the best checkpoint and the final one (when there are), and end the run with `status`."""
         if self.run:
             if best_dir.is_dir():
                 self.run.log_checkpoint(best_dir)
+            if final_dir is not None and final_dir.is_dir():
+                self.run.log_checkpoint(final_dir, runs.FINAL_CHECKPOINT)
             self.run.finish(status, history)
             self.run = None

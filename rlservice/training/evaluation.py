@@ -16,6 +16,7 @@ from rlservice.data.minari_io import normalized_score
 class Evaluation:
     returns: np.ndarray  # one per episode
     normalized: np.ndarray  # 100 * (return - ref_min) / (ref_max - ref_min)
+    seeds: tuple[int, ...] = ()  # the environment seed of each episode
 
     @property
     def mean_return(self) -> float:
@@ -39,10 +40,12 @@ def mean_interval(samples, confidence: float = 0.95) -> tuple[float, float]:
 
 
 def evaluate(policy: Policy, env_id: str, episodes: int, seed: int, ref_min_score: float, ref_max_score: float) -> Evaluation:
-    """Run `episodes` episodes side by side in a synchronous vector env, one episode per env."""
+    """Run `episodes` episodes side by side in a synchronous vector env, one episode per env;
+    episode i starts from environment seed `seed + i`."""
+    seeds = tuple(seed + i for i in range(episodes))
     envs = gym.make_vec(env_id, num_envs=episodes, vectorization_mode="sync")
     try:
-        obs, _ = envs.reset(seed=[seed + i for i in range(episodes)])
+        obs, _ = envs.reset(seed=list(seeds))
         returns = np.zeros(episodes)
         running = np.ones(episodes, dtype=bool)
         while running.any():
@@ -51,4 +54,4 @@ def evaluate(policy: Policy, env_id: str, episodes: int, seed: int, ref_min_scor
             running &= ~(terminated | truncated)
     finally:
         envs.close()
-    return Evaluation(returns, normalized_score(returns, ref_min_score, ref_max_score))
+    return Evaluation(returns, normalized_score(returns, ref_min_score, ref_max_score), seeds)

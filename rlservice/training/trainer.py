@@ -308,7 +308,7 @@ class Trainer:
             self._evaluated = snapshot
             if is_best:
                 self.save("best", snapshot["state"], snapshot["info"])
-                record["is_best"] = True
+            record["normalized_score_best_so_far"] = self.best_score
             if on_eval:
                 on_eval(step, record)
 
@@ -333,7 +333,8 @@ def reward_factor(cfg, data: OfflineData) -> float:
 
 def evaluation_record(step: int, evaluations: list[Evaluation]) -> dict[str, Any]:
     """One evaluation of every seed: the mean and std of the normalised score over seeds, and of
-    the returns over all episodes."""
+    the returns over all episodes; each episode's score per seed (for intervals) and the
+    environment seeds the episodes started from."""
     scores = np.array([e.score for e in evaluations])
     returns = np.concatenate([e.returns for e in evaluations])
     return {
@@ -342,6 +343,8 @@ def evaluation_record(step: int, evaluations: list[Evaluation]) -> dict[str, Any
         "normalized_score_std": float(scores.std()),
         "return_mean": float(returns.mean()),
         "return_std": float(returns.std()),
+        "episode_scores": [[float(x) for x in e.normalized] for e in evaluations],
+        "episode_seeds": sorted({s for e in evaluations for s in e.seeds}),
     }
 
 

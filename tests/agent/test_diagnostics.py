@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from rlservice.agent.diagnostics import dead_units, diagnostics, diverged, dormant_ratio, q_bound
+from rlservice.agent.diagnostics import (
+    dead_units,
+    diagnostics,
+    diverged,
+    dormant_ratio,
+    q_bound,
+)
 from rlservice.agent.learner import Batch, Learner
 from rlservice.config.run import AgentConfig
 

@@ -8,7 +8,6 @@ batched code is checked against a second, naive implementation of the same formu
 import math
 
 import numpy as np
-
 import pytest
 import torch
 from batches import random_batch

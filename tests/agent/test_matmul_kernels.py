@@ -8,11 +8,17 @@ import pytest
 import torch
 from batches import random_batch
 
-from rlservice.agent import matmul
-from rlservice.agent.learner import Learner
 import rlservice.agent.learner as learner_module
+from rlservice.agent import matmul
 from rlservice.agent import networks as networks_module
-from rlservice.agent.networks import Actor, BatchedLinear, CriticEnsemble, ValueNet, use_matmul
+from rlservice.agent.learner import Learner
+from rlservice.agent.networks import (
+    Actor,
+    BatchedLinear,
+    CriticEnsemble,
+    ValueNet,
+    use_matmul,
+)
 from rlservice.config.run import AgentConfig, TrainConfig
 
 pytestmark = pytest.mark.skipif(not matmul.onednn_available(), reason="this torch build has no oneDNN")

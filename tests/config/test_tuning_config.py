@@ -7,7 +7,7 @@ import optuna
 import pytest
 import yaml
 
-from rlservice.config.tuning import load_job, validate_job
+from rlservice.config.tuning import confirmation_seeds, load_job, validate_job
 from rlservice.errors import ConfigError
 from rlservice.runtime.search import DefineByRun
 
@@ -69,6 +69,9 @@ def test_paper_scale_jobs_use_the_paper_budget():
         ({"preset": "nope"}, "preset='nope' is unknown"),
         ({"scheduler": {"type": "asha", "grace_period": 5000}}, "scheduler.grace_period=5000"),
         ({"surprise": 1}, "surprise"),
+        ({"seed": 999_999_999}, "reach the confirmation seeds"),
+        ({"confirm": {"checkpoints": ["latest"]}}, "confirm.checkpoints"),
+        ({"confirm": {"top_k": -1}}, "confirm.top_k=-1"),
     ],
 )
 def test_bad_job_files_fail_with_one_line(changes, message):
@@ -146,3 +149,13 @@ def test_trial_eval_episodes_follow_the_domain_unless_set(tmp_path):
     assert load_job(path).run_config({"pa_alpha": 1e-3}, action_dim=8).train.eval_episodes == 100
     path.write_text(yaml.safe_dump(minimal()))
     assert load_job(path).run_config({"pa_alpha": 1e-3}).train.eval_episodes == 2
+
+
+def test_confirmation_defaults_and_seeds_disjoint_from_selection():
+    job = validate_job(minimal())
+    assert (job.confirm.top_k, job.confirm.checkpoints) == (3, ["best", "final"])
+    assert job.confirm.episodes_for(job.dataset.id) == 50
+    assert job.confirm.episodes_for("D4RL/antmaze/umaze-v1") == 100  # SPEC.md: AntMaze is evaluated on 100 episodes
+    assert validate_job(minimal(confirm={"top_k": 0})).confirm.top_k == 0
+    assert list(job.selection_seeds()) == [0, 1]
+    assert not set(job.selection_seeds()) & set(confirmation_seeds(50))

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 from minari.storage import get_dataset_path
-from tune_helpers import REPO, evaluated_steps, finished_runs, last_json, rlservice, trial_runs
+from tune_helpers import (
+    REPO,
+    evaluated_steps,
+    finished_runs,
+    last_json,
+    rlservice,
+    trial_runs,
+)
 
 from rlservice.runtime import local_cluster
 

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from tune_helpers import REPO, child_runs, evaluated_steps, last_json, rlservice, trial_results, trial_runs
+from tune_helpers import (
+    REPO,
+    child_runs,
+    evaluated_steps,
+    last_json,
+    rlservice,
+    trial_results,
+    trial_runs,
+)
 
 from rlservice.runtime.evaluators import EVAL_DELAY_ENV
 from rlservice.training.checkpoint import load_checkpoint

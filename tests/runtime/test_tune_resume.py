@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 from ray.tune import ExperimentAnalysis
-from tune_helpers import REPO, child_runs, evaluated_steps, finished_runs, last_json, rlservice, trial_results, trial_runs
+from tune_helpers import (
+    REPO,
+    child_runs,
+    evaluated_steps,
+    finished_runs,
+    last_json,
+    rlservice,
+    trial_results,
+    trial_runs,
+)
 
 from rlservice.runtime.tuner import saved_study
 
@@ -104,7 +113,8 @@ def test_interrupted_job_resumes_without_rerunning_finished_trials(tiny_job, ser
         by_trial.setdefault(run.data.tags["tune_trial"], []).append(run.data.tags.get("status"))
     assert len(by_trial) == 3
     for name in finished:
-        trial = next(t for t in by_trial if t in name)
+        # directory run_trial_<id>_<number>_<knobs>, run name `t<number> <knobs>` (runtime.tuner)
+        trial = next(t for t in by_trial if t.split()[0] == f"t{int(name.split('_')[3]):02d}")
         assert by_trial[trial] == ["completed"], json.dumps(by_trial)
     for statuses in by_trial.values():
         assert statuses.count("completed") == 1 and set(statuses) <= {"completed", "interrupted"}

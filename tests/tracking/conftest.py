@@ -146,18 +146,24 @@ def hopper_observations() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def register_job(mlflow_server, trained, hopper_random_dataset):
-    """`register_job(model, score, dataset=...)`: a job of one trial, with `trained`'s best checkpoint
-    and the given score, finished by `finish_job` into registered model `model`; returns its summary."""
+    """`register_job(model, score, dataset=..., confirmed=...)`: a job of one trial, with `trained`'s
+    best checkpoint and the given selection score (and, when given, a confirmed score with a +-1
+    interval on 50 episodes), finished by `finish_job` into registered model `model`; returns its summary."""
     uri, best = mlflow_server.uri, trained.run_dir / "best"
 
-    def run(model: str, score: float, dataset: str = hopper_random_dataset) -> dict:
+    def run(model: str, score: float, dataset: str = hopper_random_dataset, confirmed: float | None = None) -> dict:
         parent = runs.start_job_run(uri, "registry-test", f"{model}-{score}", {"dataset": dataset})
         trial = runs.TrialRun(uri, "registry-test", parent, "only-trial", {"dataset.id": dataset})
         trial.log_checkpoint(best)
         trial.finish("completed", [], score=score)
         row = {"trial": "only-trial", "run_id": trial.run_id, "status": "completed", "score": score,
-               "score_std": 0.0, "config": {}, "checkpoint": str(best)}
-        return runs.finish_job(uri, parent, [row], model_name=model, dataset_id=dataset, preset="td3bc", searched=[])
+               "score_std": 0.0, "final_score": score, "config": {}, "checkpoint": str(best)}
+        candidates = None if confirmed is None else [{
+            "trial": "only-trial", "run_id": trial.run_id, "checkpoint_kind": "best", "checkpoint": str(best),
+            "selection_score": score, "confirmed_seeds": [10**9, 10**9 + 49],
+            "confirmed": {"mean": confirmed, "low": confirmed - 1, "high": confirmed + 1, "seeds": 1, "episodes": 50}}]
+        return runs.finish_job(uri, parent, [row], model_name=model, dataset_id=dataset, preset="td3bc", searched=[],
+                               confirmed=candidates)
 
     return run
 
@@ -165,6 +171,6 @@ def register_job(mlflow_server, trained, hopper_random_dataset):
 @pytest.fixture(scope="session")
 def registered(register_job):
     """Model "policy-under-test", version 1 = champion = `trained`'s best checkpoint."""
-    summary = register_job("policy-under-test", 50.0)
+    summary = register_job("policy-under-test", 50.0, confirmed=45.0)
     assert summary["champion"]
     return summary

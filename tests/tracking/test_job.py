@@ -41,6 +41,7 @@ def job(mlflow_server, hopper_random_dataset, tiny_run_config, one_thread, tmp_p
         logged[run.run_id] = calls
         trials.append({"trial": f"trial-{i}", "run_id": run.run_id, "status": result.status,
                        "score": result.best_normalized_score, "score_std": 0.0, "config": {"pa_alpha": pa_alpha},
+                       "final_score": result.normalized_score,
                        "checkpoint": str(trainer.run_dir / "best")})
     summary = runs.finish_job(uri, parent, trials, model_name="job-test-policy", dataset_id=hopper_random_dataset,
                                   preset="td3bc", searched=["pa_alpha"])
@@ -71,7 +72,7 @@ def test_every_logged_metric_value_reached_the_server(job):
         expected = {}
         for step, metrics in calls:
             for key, value in metrics.items():
-                if key != "step" and not isinstance(value, bool):
+                if key != "step" and not isinstance(value, (bool, list)):  # lists: per-episode scores and seeds
                     expected.setdefault(key, []).append((step, pytest.approx(value)))
         assert {"critic_loss", "normalized_score", "ood_overestimation"} <= expected.keys()
         for key, points in expected.items():
@@ -91,7 +92,14 @@ def test_artifacts_of_trials_and_job(job, tmp_path):
         local = Path(c.download_artifacts(trial["run_id"], "checkpoint/state.pt", str(tmp_path / trial["trial"])))
         assert local.read_bytes() == (Path(trial["checkpoint"]) / "state.pt").read_bytes()
     parent_artifacts = {a.path for a in c.list_artifacts(job["parent"])}
-    assert {"trials.csv", "summary.png"} <= parent_artifacts
+    assert {"trials.csv", "summary.png", "tuning_budget.csv", "tuning_budget.png"} <= parent_artifacts
+    budget = list(csv.DictReader(Path(c.download_artifacts(job["parent"], "tuning_budget.csv", str(tmp_path))).open()))
+    finals = [t["final_score"] for t in job["trials"]]
+    assert [int(r["trials"]) for r in budget] == [1, 2, 3]
+    assert float(budget[0]["expected_max_final_score"]) == pytest.approx(sum(finals) / 3)  # one trial: the mean
+    assert float(budget[-1]["expected_max_final_score"]) <= max(finals)
+    description = c.get_run(job["parent"]).data.tags["mlflow.note.content"]
+    assert "Top trials by selection score" in description and all(t["trial"] in description for t in job["trials"])
     table = Path(c.download_artifacts(job["parent"], "trials.csv", str(tmp_path)))
     rows = list(csv.DictReader(table.open()))
     assert [r["run_id"] for r in rows] == [t["run_id"] for t in job["trials"]]
@@ -105,7 +113,7 @@ def test_best_trial_is_registered_with_lineage(job, hopper_random_dataset):
     best = max(job["trials"], key=lambda t: t["score"])
     assert summary["best_run_id"] == best["run_id"] and summary["best_score"] == pytest.approx(best["score"])
     assert summary["champion"] is True  # the first version of a model is its first champion
-    assert c.get_run(job["parent"]).data.metrics["best_score"] == pytest.approx(best["score"])
+    assert c.get_run(job["parent"]).data.metrics["best_selection_score"] == pytest.approx(best["score"])
     version = c.get_model_version_by_alias("job-test-policy", "champion")
     assert version.version == str(summary["version"])
     assert version.run_id == best["run_id"]
@@ -127,10 +135,15 @@ def test_best_command_lists_trials_in_score_order(job, hopper_random_dataset, ca
     for row, trial in zip(rows, expected):
         # td3bc's values are the baseline: only what the trial changed shows
         assert row["knobs"] == {"pa_alpha": trial["config"]["pa_alpha"], "critic_hidden": 32, "actor_hidden": 32}
+        # one seed, one episode per evaluation: the interval says so (and is the point itself), never `std 0`
+        assert row["score_interval"] == {"mean": pytest.approx(row["score"]), "low": pytest.approx(row["score"]),
+                                         "high": pytest.approx(row["score"]), "seeds": 1, "episodes": 1}
+        assert row["confirmed"] is None
 
     assert main(["best", "--experiment", EXPERIMENT, "--top", "2", "--tracking-uri", job["uri"]]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 3 and expected[0]["run_id"] in lines[1] and expected[1]["run_id"] in lines[2]
+    assert len(lines) == 4 and expected[0]["run_id"] in lines[1] and expected[1]["run_id"] in lines[2]
+    assert "(1 seed x 1 ep)" in lines[1] and "std" not in lines[0]
 
     assert main(["best", "--experiment", EXPERIMENT, "--dataset", "rlservice/other/random-v0", "--json",
                  "--tracking-uri", job["uri"]]) == 0

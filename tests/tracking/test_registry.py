@@ -1,4 +1,4 @@
-"""The registry: champion moves only on improvement on the same dataset; the registered pyfunc
+"""The registry: champion moves only on a better confirmed score on the same dataset; the registered pyfunc
 acts like the trainer's policy on real Hopper observations; the full learner comes back intact."""
 
 from __future__ import annotations
@@ -20,19 +20,28 @@ def champion(uri: str, name: str) -> str:
     return MlflowClient(tracking_uri=uri).get_model_version_by_alias(name, "champion").version
 
 
-def test_champion_moves_only_on_improvement_on_the_same_dataset(register_job, mlflow_server):
+def test_champion_moves_only_on_a_better_confirmed_score_on_the_same_dataset(register_job, mlflow_server):
     name = "champion-test"
-    first = register_job(name, 50.0)
+    first = register_job(name, 50.0, confirmed=30.0)
     assert (first["version"], first["champion"]) == ("1", True)
-    worse = register_job(name, 40.0)
-    assert (worse["version"], worse["champion"]) == ("2", False)
+    luckier = register_job(name, 90.0, confirmed=20.0)  # a better selection score, a worse confirmed one
+    assert (luckier["version"], luckier["champion"]) == ("2", False)
     assert champion(mlflow_server.uri, name) == "1"
-    better = register_job(name, 60.0)
-    assert (better["version"], better["champion"]) == ("3", True)
-    assert champion(mlflow_server.uri, name) == "3"
-    elsewhere = register_job(name, 99.0, dataset="rlservice/hopper-v5/other-v0")
-    assert (elsewhere["version"], elsewhere["champion"]) == ("4", False)  # not comparable: stays
-    assert champion(mlflow_server.uri, name) == "3"
+    unconfirmed = register_job(name, 99.0)  # no confirmed score: nothing to compare
+    assert (unconfirmed["version"], unconfirmed["champion"]) == ("3", False)
+    steadier = register_job(name, 10.0, confirmed=31.0)  # a worse selection score, a better confirmed one
+    assert (steadier["version"], steadier["champion"]) == ("4", True)
+    assert champion(mlflow_server.uri, name) == "4"
+    elsewhere = register_job(name, 99.0, dataset="rlservice/hopper-v5/other-v0", confirmed=99.0)
+    assert (elsewhere["version"], elsewhere["champion"]) == ("5", False)  # not comparable: stays
+    assert champion(mlflow_server.uri, name) == "4"
+
+
+def test_a_champion_without_a_confirmed_score_is_not_compared_on_its_selection_score(register_job, mlflow_server):
+    name = "unconfirmed-champion-test"
+    assert register_job(name, 50.0)["champion"]  # the first version: the first champion, even unconfirmed
+    assert not register_job(name, 10.0, confirmed=60.0)["champion"]  # the driver confirms such a champion first
+    assert champion(mlflow_server.uri, name) == "1"
 
 
 def test_models_list_and_show(registered, register_job, mlflow_server, capsys):
@@ -47,11 +56,20 @@ def test_models_list_and_show(registered, register_job, mlflow_server, capsys):
     (version,) = shown["versions"]
     assert version["aliases"] == ["champion"]
     assert version["tags"]["run_id"] == registered["best_run_id"] == version["run_id"]
-    assert {"parent_run_id", "dataset", "preset", "score", "dataset_digest", "git_commit"} <= version["tags"].keys()
+    assert {"parent_run_id", "dataset", "preset", "score", "dataset_digest", "git_commit", "confirmed_score",
+            "confirmed_ci_low", "confirmed_ci_high", "confirmed_episodes", "confirmed_checkpoint", "selection_score",
+            "trials"} <= version["tags"].keys()
+    assert float(version["tags"]["confirmed_score"]) == 45.0 and float(version["tags"]["selection_score"]) == 50.0
 
     assert main(["models", "show", "policy-under-test", "--tracking-uri", uri]) == 0
     table = capsys.readouterr().out
     assert "champion" in table and registered["best_run_id"] in table
+    assert "45.00 [44.00, 46.00]" in table and "1x50" in table  # confirmed score, interval, seeds x episodes
+
+    assert main(["best", "--experiment", "registry-test", "--json", "--tracking-uri", uri]) == 0
+    row = next(r for r in json.loads(capsys.readouterr().out) if r["run_id"] == registered["best_run_id"])
+    assert row["confirmed"] == {"mean": 45.0, "low": 44.0, "high": 46.0, "seeds": 1, "episodes": 50}
+    assert row["confirmed_checkpoint"] == "best"
 
     assert main(["models", "show", "no-such-model", "--tracking-uri", uri]) == 2
     assert capsys.readouterr().err.count("\n") == 1
