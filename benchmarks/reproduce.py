@@ -4,8 +4,8 @@ policy, and print the mean, a 95% interval and the paper's figure for the matchi
     python benchmarks/reproduce.py --preset td3bc --dataset rlservice/halfcheetah-v5/medium-v0 --seeds 3 --steps 100000
 
 The N seeds train together in one vectorised learner (`train.num_seeds`). Each final policy is
-evaluated on 10 episodes (100 on AntMaze, the domain's default); the interval is Student's t over
-the seeds' scores (seeds are the independent replicates; episodes of one seed are not). The
+evaluated on 10 episodes (100 on AntMaze, the domain's default); the interval is the service's own
+(rliable's stratified bootstrap over seeds and the episodes of each seed, as every score it reports). The
 published figures are SPEC.md's table (D4RL-v2 datasets, 1M steps in the papers): a dataset of
 another environment version or budget is comparable only roughly, and the output says which row
 it compares with.
@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -30,6 +28,7 @@ from rlservice.config.presets import parse_dataset  # noqa: E402
 from rlservice.config.run import build_run_config, parse_overrides  # noqa: E402
 from rlservice.data.minari_io import load_offline_data  # noqa: E402
 from rlservice.errors import RLServiceError  # noqa: E402
+from rlservice.training.intervals import score_interval  # noqa: E402
 from rlservice.training.trainer import InlineEvaluator, Trainer  # noqa: E402
 
 # SPEC.md, Published reference scores (D4RL, normalised): row -> preset -> score.
@@ -53,15 +52,6 @@ class FinalScores(InlineEvaluator):
         self.last_step, self.last = self._done[-1]
 
 
-def interval(scores: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
-    """Student's t interval of the mean over seeds; with one seed there is none."""
-    n = len(scores)
-    if n < 2:
-        return None
-    half = stats.t.ppf(0.5 + level / 2, n - 1) * scores.std(ddof=1) / math.sqrt(n)
-    return float(scores.mean() - half), float(scores.mean() + half)
-
-
 def reproduce(preset: str, dataset: str, seeds: int, steps: int, overrides: dict | None = None,
               progress: bool = True) -> dict:
     budget = {"train.steps": steps, "train.num_seeds": seeds, "train.eval_every": steps,
@@ -78,11 +68,11 @@ def reproduce(preset: str, dataset: str, seeds: int, steps: int, overrides: dict
     wall = time.perf_counter() - started
     scores = np.array([e.score for e in evaluator.last])
     row = parse_dataset(dataset).row
-    ci = interval(scores)
+    ci = score_interval(np.stack([e.normalized for e in evaluator.last]))
     return {
         "preset": preset, "dataset": dataset, "row": row, "status": result.status, "steps": result.steps,
         "seeds": seeds, "episodes_per_seed": t.eval_episodes, "scores": scores.round(2).tolist(),
-        "mean": round(float(scores.mean()), 2), "ci95": ci and [round(ci[0], 2), round(ci[1], 2)],
+        "mean": round(float(scores.mean()), 2), "ci95": [round(ci.low, 2), round(ci.high, 2)],
         "published": PUBLISHED.get(row, {}).get(preset), "wall_time_s": round(wall, 1),
     }
 
@@ -108,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     published = "no published figure for this row" if out["published"] is None else \
         f"published {out['published']:.1f} ({out['row']}, D4RL-v2, SPEC.md)"
-    ci = "n/a (one seed)" if out["ci95"] is None else "[{:.1f}, {:.1f}]".format(*out["ci95"])
+    ci = "[{:.1f}, {:.1f}]".format(*out["ci95"])
     print(f"{out['preset']} on {out['dataset']}: {out['status']} after {out['steps']} steps; normalised score "
           f"{out['mean']:.1f}, 95% CI {ci} over {out['seeds']} seeds x {out['episodes_per_seed']} episodes; "
           f"{published}; wall time {out['wall_time_s']:.0f} s")

@@ -8,10 +8,12 @@ import json
 import tempfile
 from pathlib import Path
 
+from rlservice.config.tuning import CONFIRMATION_SEED_BASE
 from rlservice.errors import RLServiceError
 
-# Episodes use env seeds FRESH_SEED + seed + i: far from the trainer's evaluation seeds (train.seed + i).
-FRESH_SEED = 1_000_000
+# Episodes use env seeds FRESH_SEED + seed + i: the confirmation's fresh seeds, never those of a
+# trainer's evaluations (train.seed + i, kept below them by the job checks).
+FRESH_SEED = CONFIRMATION_SEED_BASE
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -52,16 +54,18 @@ def _checkpoint(args: argparse.Namespace, tmp: Path) -> tuple[Path, str]:
 def _online(args: argparse.Namespace, checkpoint: Path) -> dict:
     from rlservice.tracking.export import policy_from_checkpoint
     from rlservice.training.checkpoint import load_checkpoint
-    from rlservice.training.evaluation import evaluate, mean_interval
+    from rlservice.training.evaluation import evaluate
+    from rlservice.training.intervals import score_interval
 
     _, _, info = load_checkpoint(checkpoint)
     policy = policy_from_checkpoint(checkpoint, args.seed_index)
     seed = FRESH_SEED + args.seed
     result = evaluate(policy, info["env_id"], args.episodes, seed, info["ref_min_score"], info["ref_max_score"])
+    interval = score_interval(result.normalized)
     return {
         "env_id": info["env_id"], "episodes": args.episodes, "env_seeds": [seed, seed + args.episodes - 1],
-        "normalized_score": result.score, "score_interval": list(mean_interval(result.normalized)),
-        "interval": f"95% Student-t over {args.episodes} episodes", "mean_return": result.mean_return,
+        "normalized_score": result.score, "score_interval": [interval.low, interval.high],
+        "interval": f"95% stratified bootstrap (rliable) over {args.episodes} episodes", "mean_return": result.mean_return,
         "returns": result.returns.tolist(),
     }
 

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
-from scipy import stats
 
 from rlservice.agent.policy import Policy
 from rlservice.data.minari_io import normalized_score
@@ -25,18 +24,6 @@ class Evaluation:
     @property
     def score(self) -> float:
         return float(self.normalized.mean())
-
-
-def mean_interval(samples, confidence: float = 0.95) -> tuple[float, float]:
-    """Student-t interval of the mean of independent samples (episodes, FQE members): mean +- t *
-    std / sqrt(n), with n - 1 degrees of freedom; a point for a single sample. The one place
-    intervals of a mean are made, so another estimator (e.g. a stratified bootstrap) can replace it."""
-    x = np.asarray(samples, dtype=np.float64)
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, mean
-    half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
-    return mean - half, mean + half
 
 
 def evaluate(policy: Policy, env_id: str, episodes: int, seed: int, ref_min_score: float, ref_max_score: float) -> Evaluation:

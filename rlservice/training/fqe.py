@@ -37,7 +37,7 @@ from rlservice.agent.fqe import FQE
 from rlservice.agent.policy import Policy
 from rlservice.data.buffer import ReplayBuffer
 from rlservice.data.minari_io import OfflineData, normalized_score
-from rlservice.training.evaluation import Evaluation, mean_interval
+from rlservice.training.evaluation import Evaluation
 
 MEMBERS = 5
 FQE_HIDDEN, FQE_LAYERS = 256, 2
@@ -69,7 +69,7 @@ class FQEEstimate:
         return fqe_normalized(values, self.discount, self.horizon, self.ref_min_score, self.ref_max_score)
 
     def summary(self) -> dict[str, Any]:
-        low, high = mean_interval(self.members)
+        low, high = member_interval(self.members)
         return {
             "fqe_return": self.fqe_return, "fqe_return_interval": [low, high],
             "fqe_score": self.fqe_score, "fqe_score_interval": [self.normalize(low), self.normalize(high)],
@@ -158,3 +158,15 @@ def ope_quality(online: list[float], offline: list[float]) -> dict[str, float]:
     spearman = float(stats.spearmanr(online_scores, offline_scores).statistic)
     regret = float(online_scores.max() - online_scores[int(offline_scores.argmax())])
     return {"spearman": spearman, "regret": regret, "policies": len(online_scores)}
+
+
+def member_interval(samples, confidence: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean over FQE's independent critics: mean +- t * std / sqrt(n), n - 1
+    degrees of freedom; a point for one critic. It measures how much the fit varies, not FQE's bias
+    (scores over episodes get rliable's interval instead, training.intervals)."""
+    x = np.asarray(samples, dtype=np.float64)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, mean
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+    return mean - half, mean + half

@@ -13,13 +13,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import reproduce  # noqa: E402
 
 
-def test_interval_is_students_t_over_seeds():
-    # scores 1, 2, 3: mean 2, sample std 1, t(0.975, 2) = 4.302653 -> half width 4.302653 / sqrt(3) = 2.484138
-    low, high = reproduce.interval(np.array([1.0, 2.0, 3.0]))
-    assert (low, high) == (pytest.approx(2 - 2.484138, abs=1e-5), pytest.approx(2 + 2.484138, abs=1e-5))
-    assert reproduce.interval(np.array([5.0])) is None
-
-
 @pytest.mark.slow
 def test_reproduce_trains_each_seed_and_reports_its_final_score(hopper_random_dataset, capsys):
     args = ["--preset", "td3bc", "--dataset", hopper_random_dataset, "--seeds", "2", "--steps", "20",

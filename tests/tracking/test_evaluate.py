@@ -8,7 +8,8 @@ import pytest
 from rlservice.cli import main
 from rlservice.commands.evaluate import FRESH_SEED
 from rlservice.tracking.export import policy_from_checkpoint
-from rlservice.training.evaluation import evaluate, mean_interval
+from rlservice.training.evaluation import evaluate
+from rlservice.training.intervals import score_interval
 
 
 def _json(capsys):
@@ -20,13 +21,14 @@ def test_online_scores_fresh_episodes_with_an_interval(trained, one_thread, caps
     with one_thread():
         assert main(["evaluate", str(best), "--episodes", "3", "--json"]) == 0
     out = _json(capsys)
-    # The same episodes by hand: env seeds 1000000.., scores by the D4RL formula.
+    # The same episodes by hand: env seeds FRESH_SEED.., scores by the D4RL formula.
     d = trained.data
     returns = evaluate(policy_from_checkpoint(best), d.env_id, 3, FRESH_SEED, d.ref_min_score, d.ref_max_score).returns
     scores = 100 * (returns - d.ref_min_score) / (d.ref_max_score - d.ref_min_score)
     assert out["returns"] == pytest.approx(returns.tolist())
     assert out["normalized_score"] == pytest.approx(scores.mean())
-    assert out["score_interval"] == pytest.approx(list(mean_interval(scores)))
+    interval = score_interval(scores)
+    assert out["score_interval"] == pytest.approx([interval.low, interval.high])
     assert out["episodes"] == 3 and out["env_seeds"] == [FRESH_SEED, FRESH_SEED + 2]
 
 

@@ -15,12 +15,12 @@ from rlservice.agent.networks import Actor, CriticEnsemble
 from rlservice.agent.normalizer import ObservationNormalizer
 from rlservice.agent.policy import Policy
 from rlservice.data.minari_io import Episode, load_offline_data, write_dataset
-from rlservice.training.evaluation import mean_interval
 from rlservice.training.fqe import (
     episode_starts,
     fit_fqe,
     fqe_normalized,
     horizon_of,
+    member_interval,
     ope_quality,
     steady_rate_factor,
 )
@@ -127,12 +127,12 @@ def test_episode_starts_and_horizon():
     assert horizon_of(data) == 1000
 
 
-def test_mean_interval_is_the_student_t_interval():
+def test_member_interval_is_the_student_t_interval():
     # mean 2, sample std 1 over 4 values -> half width t(0.975, 3) * 1 / 2 = 3.182446 / 2
-    low, high = mean_interval([1.0, 2.0, 2.0, 3.0])
+    low, high = member_interval([1.0, 2.0, 2.0, 3.0])
     half = 3.182446305284263 * np.std([1, 2, 2, 3], ddof=1) / 2
     assert (low, high) == pytest.approx((2 - half, 2 + half))
-    assert mean_interval([5.0]) == (5.0, 5.0)
+    assert member_interval([5.0]) == (5.0, 5.0)
 
 
 def test_spearman_and_regret_against_a_hand_computation():
