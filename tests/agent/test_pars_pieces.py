@@ -213,3 +213,28 @@ def test_every_hidden_layer_of_every_critic_is_relu_of_layernorm():
                     torch.testing.assert_close(acts[layer][m], x, rtol=1e-5, atol=1e-5)
     # LN after the ReLU would have no exact zeros; ReLU(LN) zeroes a good share of units.
     assert all(0.1 < float((a == 0).float().mean()) < 0.9 for a in acts)
+
+
+# --------------------------------------------------------------------------- how fast values grow
+@pytest.mark.parametrize("tau", [0.05, 0.01])
+def test_target_critics_climb_no_faster_than_the_soft_update_allows(tau):
+    """With constant reward r = 1 (no terminals), V* = c r / (1 - gamma), and the target critics
+    move by tau * (y - Q') a step at most, so Q'/V* <= 1 - (1 - tau (1 - gamma))^n after n steps
+    (benchmarks/pars_value_growth.py measures it at PARS's sizes). A critic lr high enough for the
+    fit to keep up makes the bound nearly attained, so the test also sees that it is the limit."""
+    gamma, c, n = 0.9, 2.0, 300
+    cfg = tiny(num_critics=2, critic_hidden=16, actor_hidden=16, critic_lr=1e-2, tau=tau, discount=gamma,
+               reward_scale=c, policy_freq=1)
+    lrn = Learner(cfg, OBS, ACT, reward_min=1.0, seed=13)
+    b = random_batch(1, B, OBS, ACT, 14)
+    b = type(b)(b.obs, b.actions, torch.ones_like(b.rewards), b.next_obs, torch.zeros_like(b.dones))
+    with torch.no_grad():
+        start = float(lrn.critic_target(b.obs, b.actions).mean())
+    for _ in range(n):
+        lrn.update(b)
+    v_star = c / (1 - gamma)
+    bound = 1 - (1 - tau * (1 - gamma)) ** n
+    with torch.no_grad():
+        reached = (float(lrn.critic_target(b.obs, b.actions).mean()) - start) / (v_star - start)
+    assert reached <= bound + 0.05
+    assert reached >= 0.6 * bound
