@@ -7,7 +7,8 @@ V* = c * r / (1 - gamma) then takes of the order of V* / (lr * (sum|h| + 1)) ste
 
 This script trains the project's learner (PARS knobs: LN critics, min-over-ensemble actor, no BC,
 PA on) on a synthetic dataset whose reward is almost constant (r = 1 - 0.5 * mean_d a_d^2, no
-terminals, so V* ~ c * 0.83 / (1 - gamma)), logs Q(s, a_data), the head bound and the action
+terminals, so V* ~ c * 0.83 / (1 - gamma); the data actions are uniform, so the true action
+sensitivity against uniform actions is 0: a check that the critics invent no preference), logs Q(s, a_data), the head bound and the action
 sensitivity every `--log-every` steps, and prints JSON: per configuration (reward scale, critic
 lr) the measured slope of Q against the bound, and the steps the bound needs to reach V*.
 
