@@ -31,6 +31,23 @@ def diagnostics(learner: Learner, batch: Batch, generator: torch.Generator) -> d
     }
 
 
+@torch.no_grad()
+def action_diagnostics(learner: Learner, batch: Batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Per-seed [K]: how much the critics care about the action (issue 23). `action_sensitivity`
+    = mean_b(Q(s, a_data) - Q(s, a_uniform)) / mean_b |Q(s, a_data)| (Q the ensemble minimum);
+    `ensemble_spread` = mean_b of the std over critics of Q_i(s, a_data); `policy_distance` =
+    mean_b ||pi(s) - a_data||_2 in normalised action units."""
+    q_data_all = learner.critic(batch.obs, batch.actions)
+    q_data = q_data_all.min(dim=1).values
+    uniform = 2 * torch.rand(batch.actions.shape, generator=generator, device=batch.actions.device) - 1
+    q_uniform = learner.critic(batch.obs, uniform).min(dim=1).values
+    return {
+        "action_sensitivity": (q_data - q_uniform).mean(dim=-1) / q_data.abs().mean(dim=-1),
+        "ensemble_spread": q_data_all.std(dim=1, unbiased=False).mean(dim=-1),
+        "policy_distance": (learner.actor(batch.obs) - batch.actions).norm(dim=-1).mean(dim=-1),
+    }
+
+
 def dormant_ratio(activations: list[torch.Tensor], seeds: int) -> torch.Tensor:
     """PARS's dormant ratio (its Figure 7, Table 12): the fraction of hidden ReLU outputs that are
     zero, averaged over the inputs of the batch, per seed. Each activation is [K*N, B, H] (the

@@ -72,3 +72,23 @@ def test_divergence_bound_and_check():
     assert diverged(torch.tensor([2001.0]), {"critic_loss": torch.tensor([1.0])}, 2000.0)
     assert diverged(torch.tensor([1.0]), {"critic_loss": torch.tensor([float("nan")])}, 2000.0)
     assert diverged(torch.tensor([float("inf")]), {}, 2000.0)
+
+
+def test_action_diagnostics_by_hand():
+    """Critics made constant (head weight 0, biases 10, 12, 16: std over critics 2.494, min 10)
+    so Q(s, a_data) = Q(s, a_uniform) -> sensitivity 0; the actor constant at 0.5 in each of 2 dims."""
+    from rlservice.agent.diagnostics import action_diagnostics
+
+    lrn = Learner(AgentConfig(num_critics=3, critic_hidden=8, actor_hidden=8), 3, 2, reward_min=0.0)
+    with torch.no_grad():
+        lrn.critic.net.head.weight.zero_()
+        lrn.critic.net.head.bias.copy_(torch.tensor([10.0, 12.0, 16.0]).view(3, 1, 1))
+        lrn.actor.net.head.weight.zero_()
+        lrn.actor.net.head.bias.fill_(float(torch.atanh(torch.tensor(0.5))))
+    actions = torch.tensor([[[0.5, 0.5], [-0.5, 0.5], [0.5, -1.0]]])  # distances 0, 1, 1.5
+    batch = Batch(torch.randn(1, 3, 3), actions, torch.zeros(1, 3), torch.zeros(1, 3, 3), torch.zeros(1, 3))
+    out = action_diagnostics(lrn, batch, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out["action_sensitivity"], torch.tensor([0.0]))
+    spread = (((10 - 38 / 3) ** 2 + (12 - 38 / 3) ** 2 + (16 - 38 / 3) ** 2) / 3) ** 0.5
+    torch.testing.assert_close(out["ensemble_spread"], torch.tensor([spread]))
+    torch.testing.assert_close(out["policy_distance"], torch.tensor([2.5 / 3]))

@@ -1,0 +1,142 @@
+"""PARS's learning curve and its ablations on one dataset, with the critics' action diagnostics at
+every evaluation (issue 23).
+
+    python benchmarks/pars_curve.py --dataset rlservice/halfcheetah-v5/medium-v0 --seeds 3 --steps 300000 \\
+        --ablation no_layernorm --ablation reward_scale_1 --ablation no_pa --ablation target_subset_10 \\
+        --ablation bc --ablation actor_mean
+
+Each configuration (the preset with the dataset's Table 11 row, then each ablation) trains
+`--seeds` seeds in one vectorised learner, evaluates every `--eval-every` steps, and logs per
+evaluation the normalised score (mean and std over seeds), `action_sensitivity`
+((Q(s, a_data) - Q(s, a_uniform)) / |Q|), `ensemble_spread`, `policy_distance`,
+`ood_overestimation` and `dormant_ratio` (means over seeds, on the trainer's held-out batch) to one
+MLflow run per configuration, plots them to `<out>/pars_curve.png`, and prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rlservice.agent.diagnostics import action_diagnostics, diagnostics  # noqa: E402
+from rlservice.config.run import build_run_config  # noqa: E402
+from rlservice.data.minari_io import load_offline_data  # noqa: E402
+from rlservice.errors import RLServiceError  # noqa: E402
+from rlservice.tracking.runs import TrialRun, run_params  # noqa: E402
+from rlservice.tracking.store import resolve_tracking_uri  # noqa: E402
+from rlservice.training.trainer import Trainer  # noqa: E402
+
+
+def ablations(action_dim: int) -> dict[str, dict]:
+    """Knob overrides on top of the preset, one per piece of PARS (issue 23)."""
+    return {
+        "no_layernorm": {"agent.critic_layernorm": False},
+        # Table 8's Q_min is in units of c = 5: with c = 1 the floor comes from the dataset's r_min.
+        "reward_scale_1": {"agent.reward_scale": 1.0, "agent.q_min": None},
+        "no_pa": {"agent.pa_alpha": 0.0},
+        "target_subset_10": {"agent.target_subset": 10},
+        "bc": {"agent.bc_weight": 0.01 * action_dim},
+        "actor_mean": {"agent.actor_q": "subset_mean", "agent.actor_q_subset": 10},
+    }
+
+
+PANELS = ("normalized_score", "action_sensitivity", "ensemble_spread", "policy_distance",
+          "ood_overestimation", "dormant_ratio")
+
+
+def train_one(name: str, dataset: str, data, overrides: dict, uri: str, experiment: str, progress: bool) -> dict:
+    action_dim = int(data.actions.shape[1])
+    run_config = build_run_config(dataset, "pars", overrides=overrides, action_dim=action_dim)
+    curve: list[dict] = []
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(run_config, run_dir, data=data)
+        run = TrialRun(uri, experiment, None, f"pars-curve-{name}", run_params(run_config, action_dim),
+                       {"issue": "23", "ablation": name})
+        probe_g = torch.Generator().manual_seed(run_config.train.seed + 7)
+
+        def on_eval(step: int, record: dict) -> None:
+            per_seed = {**diagnostics(trainer.learner, trainer.diag_batch, probe_g),
+                        **action_diagnostics(trainer.learner, trainer.diag_batch, probe_g)}
+            row = {"step": step, "normalized_score": record["normalized_score"],
+                   "normalized_score_std": record["normalized_score_std"],
+                   **{k: float(per_seed[k].mean()) for k in PANELS[1:]},
+                   "q_data_mean": float(per_seed["q_data_mean"].mean()), "q_pi_mean": float(per_seed["q_pi_mean"].mean())}
+            curve.append(row)
+            run.log_metrics(step, row)
+
+        result = trainer.run(on_log=run.log_metrics, on_eval=on_eval, progress=progress)
+        run.finish(result.status, result.history)
+    return {"ablation": name, "status": result.status, "steps": result.steps, "seeds": run_config.train.num_seeds,
+            "episodes_per_seed": run_config.train.eval_episodes, "run_id": run.run_id, "curve": curve}
+
+
+def plot(results: list[dict], title: str, path: Path) -> Path:
+    fig = Figure(figsize=(12, 6.5), layout="constrained")
+    for i, key in enumerate(PANELS):
+        ax = fig.add_subplot(2, 3, i + 1)
+        for r in results:
+            ax.plot([c["step"] for c in r["curve"]], [c[key] for c in r["curve"]], marker="o", markersize=2,
+                    label=r["ablation"])
+        ax.set_title(key)
+        ax.set_xlabel("gradient step")
+        ax.grid(alpha=0.3)
+    fig.axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=300_000)
+    p.add_argument("--eval-every", type=int, default=10_000)
+    p.add_argument("--eval-episodes", type=int, default=None, help="default: the domain's (10 on MuJoCo)")
+    p.add_argument("--ablation", action="append", default=[], help="repeatable; see ablations() for the names")
+    p.add_argument("--no-preset", action="store_true", help="run the ablations only")
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--experiment", default="pars-curve")
+    p.add_argument("--out", default=".", help="folder for pars_curve.png")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    budget = {"train.steps": args.steps, "train.num_seeds": args.seeds, "train.eval_every": args.eval_every,
+              "train.log_every": min(1000, args.eval_every)}
+    if args.eval_episodes is not None:
+        budget["train.eval_episodes"] = args.eval_episodes
+    try:
+        build_run_config(args.dataset, "pars", overrides=budget)  # bad input fails before any data is read
+        known = ablations(1)
+        unknown = [a for a in args.ablation if a not in known]
+        if unknown:
+            print(f"error: unknown ablation {unknown[0]!r}; choose from {', '.join(known)}", file=sys.stderr)
+            return 2
+        if not out.is_dir():
+            print(f"error: --out {out} is not a folder", file=sys.stderr)
+            return 2
+        data = load_offline_data(args.dataset)
+        table = ablations(int(data.actions.shape[1]))
+        uri = resolve_tracking_uri(args.tracking_uri)
+        names = ([] if args.no_preset else ["preset"]) + args.ablation
+        results = [train_one(n, args.dataset, data, {**budget, **table.get(n, {})}, uri, args.experiment,
+                             not args.no_progress) for n in names]
+    except RLServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    figure = plot(results, f"PARS on {args.dataset}, {args.seeds} seeds", out / "pars_curve.png")
+    print(json.dumps({"benchmark": "pars_curve", "dataset": args.dataset, "tracking_uri": uri,
+                      "figure": str(figure), "results": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
