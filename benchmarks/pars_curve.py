@@ -58,7 +58,7 @@ def train_one(name: str, dataset: str, data, overrides: dict, uri: str, experime
     curve: list[dict] = []
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(run_config, run_dir, data=data)
-        run = TrialRun(uri, experiment, None, f"pars-curve-{name}", run_params(run_config, action_dim),
+        run = TrialRun(uri, experiment, None, f"pars-curve-{name}", run_params(run_config, action_dim, digest=data.digest),
                        {"issue": "23", "ablation": name})
         probe_g = torch.Generator().manual_seed(run_config.train.seed + 7)
 
