@@ -85,9 +85,8 @@ class _Screen:
 
     def face(self, verbose: bool):
         from rlservice.jobs.tune import Face
-        from rlservice.runtime.live_table import LiveTable
 
-        return Face(callbacks=[LiveTable(self.say)], verbose=2 if verbose else 0, confirming=self.confirming)
+        return Face(say=self.say, verbose=2 if verbose else 0, confirming=self.confirming)
 
     def confirming(self, done: int, total: int) -> None:
         if done == total or done == 1 or done % max(1, total // 10) == 0:

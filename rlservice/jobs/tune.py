@@ -76,12 +76,21 @@ def job_record_dir(name: str) -> Path:
 
 @dataclass
 class Face:
-    """What the CLI shows while a job runs: `callbacks` for Tune (the live table), Tune's own
+    """What the CLI shows while a job runs: the live table's lines through `say`, Tune's own
     `verbose` level, and `confirming(done, total)` during the confirmation."""
 
-    callbacks: list = field(default_factory=list)
+    say: Callable[[str], None] | None = None
     verbose: int = 0
     confirming: Callable[[int, int], None] | None = None
+
+    def callbacks(self) -> list:
+        """Tune callbacks: the live table. It imports Ray, so it is made only once the job's checks
+        have passed (a bad input fails with no Ray loaded)."""
+        if self.say is None:
+            return []
+        from rlservice.runtime.live_table import LiveTable
+
+        return [LiveTable(self.say)]
 
 
 def run_job(job: TuningJob, name: str | None = None, tracking_uri: str | None = None, build_steps: int | None = None,
@@ -109,7 +118,7 @@ def run_job(job: TuningJob, name: str | None = None, tracking_uri: str | None = 
     face = face or Face()
     start = time.monotonic()
     with tuner.session():
-        trials = tuner.fit(job, target, name, storage_root(), data, face.callbacks, face.verbose)
+        trials = tuner.fit(job, target, name, storage_root(), data, face.callbacks(), face.verbose)
         confirmed, champion = _confirm(job, target, name, trials, face)
     return _conclude(job, target, name, trials, confirmed, champion, time.monotonic() - start, 0)
 
@@ -137,7 +146,7 @@ def resume_job(name: str, face: Face | None = None) -> JobOutcome:
     face = face or Face()
     start = time.monotonic()
     with tuner.session():
-        trials = tuner.refit(job, target, experiment, data, face.callbacks, face.verbose)
+        trials = tuner.refit(job, target, experiment, data, face.callbacks(), face.verbose)
         confirmed, champion = _confirm(job, target, name, trials, face)
     return _conclude(job, target, name, trials, confirmed, champion, time.monotonic() - start, observed)
 
