@@ -145,7 +145,9 @@ class FQEEvaluator:
         done, self._done = self._done, []
         return done
 
-    wait = finished
+    def wait(self, keep: int = 0) -> list[tuple[int, list[Evaluation]]]:
+        """Every submitted FQE has finished by the time `submit` returns."""
+        return self.finished()
 
 
 def ope_quality(online: list[float], offline: list[float]) -> dict[str, float]:

@@ -150,9 +150,9 @@ def test_behaviour_agent_trained_once_and_while_collecting(built):
     info = json.loads(agent_json.read_text())
     assert info["checkpoints"][-1]["updates"] == BUDGET - CONFIG.start_steps  # TD3: one update per env step
     # Workers faster than the learner idle between batches (collection keeps pace with the updates),
-    # so only part of the updates overlap a batch in flight; but the learner hardly ever waits.
+    # so only part of the updates overlap a batch in flight. (How long the learner waits is a time:
+    # it depends on the machine's load and is not asserted.)
     assert info["updates_while_collecting"] >= 500
-    assert info["learner_wait_seconds"] < info["wall_seconds"] / 4
 
 
 def test_a_built_dataset_trains_through_the_learners_code_path(built, tmp_path):
