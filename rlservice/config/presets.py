@@ -158,11 +158,6 @@ class Resolved:
         """The agent knobs to apply (those whose value is known)."""
         return {k: v.value for k, v in self.knobs.items() if "." not in k and v.value is not None}
 
-    def finetune_values(self) -> dict[str, Any]:
-        """`finetune.*` knobs without the prefix (those whose value is known)."""
-        return {k.removeprefix("finetune."): v.value for k, v in self.knobs.items()
-                if k.startswith("finetune.") and v.value is not None}
-
 
 def resolve(name: str, dataset_id: str, action_dim: int | None = None) -> Resolved:
     """The knobs of preset `name` on `dataset_id`; `action_dim` is needed only by PARS's beta * d
