@@ -24,7 +24,7 @@ OUTPUT_LOG = "output.log"
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rlservice.config.tuning import check_job_name, load_job
+    from rlservice.config.tuning import budget_warnings, check_job_name, load_job
 
     job = load_job(args.job, args.set)
     if args.name:
@@ -41,6 +41,8 @@ def _run(args: argparse.Namespace) -> int:
         def started(job_name: str) -> None:
             screen.say(f"tuning job {job_name}: {job.trials} trials on {job.dataset.id}; "
                        f"if interrupted, `rlservice tune resume {job_name}`")
+            for line in budget_warnings(job):
+                screen.say(line)
             if not args.verbose:  # only now: a job that fails its checks leaves nothing behind
                 screen.quiet(job_record_dir(job_name) / OUTPUT_LOG)
 
@@ -94,7 +96,7 @@ class _Screen:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from rlservice.config.tuning import check_job_name, load_job
+    from rlservice.config.tuning import budget_warnings, check_job_name, load_job
 
     job = load_job(args.job, args.set)
     if args.name:
@@ -106,6 +108,8 @@ def _submit(args: argparse.Namespace) -> int:
     name = args.name or f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     job_id = submit(args.address, job, name, tracking_uri=args.tracking_uri, build_steps=args.build_dataset,
                     python=args.python, env=args.env)
+    for line in budget_warnings(job):
+        print(line, file=sys.stderr)
     if args.json:
         print(json.dumps({"job_id": job_id, "name": name, "address": args.address}))
     else:

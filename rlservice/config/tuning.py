@@ -20,7 +20,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rlservice.config.presets import default_eval_episodes, domain_of
+from rlservice.config.presets import PARS_MUJOCO_STEPS, PARS_SHORT_BUDGET_EVIDENCE, default_eval_episodes, domain_of
 from rlservice.config.run import (
     AgentConfig,
     RunConfig,
@@ -307,6 +307,25 @@ def validate_job(spec: dict[str, Any]) -> TuningJob:
         raise ConfigError(f"eval_every={job.eval_every}: exceeds steps={job.steps}; "
                           "a trial would be evaluated only at its end")
     return job
+
+
+def budget_warnings(job: TuningJob) -> list[str]:
+    """One line per budget that is too short for what the job tunes: PARS with no BC term on MuJoCo
+    data is known to reach its published scores only at PARS_MUJOCO_STEPS (issue 23)."""
+    agent = job.run_config().agent
+    pars = agent.pa_alpha > 0 or any(ALIASES.get(k, k) == "pa_alpha" or k == "use_pa" for k in job.search_space)
+    bc_searched = any(ALIASES.get(k, k) == "bc_weight" for k in job.search_space)
+    if domain_of(job.dataset.id) != "mujoco" or not pars or agent.bc_weight > 0 or bc_searched:
+        return []
+    short = [f"steps={job.steps:,}"] if job.steps < PARS_MUJOCO_STEPS else []
+    if job.scheduler.type == "asha" and job.scheduler.grace_period < PARS_MUJOCO_STEPS:
+        short.append(f"scheduler.grace_period={job.scheduler.grace_period:,}")
+    if not short:
+        return []
+    verb = "are" if len(short) > 1 else "is"
+    return [f"warning: {' and '.join(short)} {verb} below the {PARS_MUJOCO_STEPS:,} steps of PARS's published MuJoCo "
+            f"scores; {PARS_SHORT_BUDGET_EVIDENCE}, so short trials may rank PARS by its start, not its settings "
+            "(`rlservice presets show --preset pars`)"]
 
 
 def _check_selection(job: TuningJob) -> None:

@@ -159,3 +159,51 @@ def test_confirmation_defaults_and_seeds_disjoint_from_selection():
     assert validate_job(minimal(confirm={"top_k": 0})).confirm.top_k == 0
     assert list(job.selection_seeds()) == [0, 1]
     assert not set(job.selection_seeds()) & set(confirmation_seeds(50))
+
+
+# ---------------------------------------------------------------- PARS's budget warning (issue 23)
+def _warnings(**changes):
+    from rlservice.config.tuning import budget_warnings
+
+    return budget_warnings(validate_job(minimal(**changes)))
+
+
+def test_a_short_pars_job_on_mujoco_is_warned_once_naming_both_budgets():
+    lines = _warnings(steps=50_000, scheduler={"type": "asha", "grace_period": 5000, "reduction_factor": 2})
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert "steps=50,000" in lines[0] and "scheduler.grace_period=5,000" in lines[0] and "1,000,000" in lines[0]
+
+
+def test_the_grace_period_alone_is_warned_about_at_the_full_budget():
+    lines = _warnings(steps=1_000_000, eval_every=5000,
+                      scheduler={"type": "asha", "grace_period": 100_000, "reduction_factor": 3})
+    assert len(lines) == 1 and "steps=" not in lines[0] and "grace_period=100,000" in lines[0]
+    assert _warnings(steps=1_000_000, eval_every=5000, scheduler={"type": "none"}) == []  # every trial runs it all
+
+
+@pytest.mark.parametrize("changes", [
+    {"preset": "dmg", "search_space": {"dmg_lambda": {"type": "uniform", "low": 0.1, "high": 0.9}}},
+    {"fixed": {"bc_weight": 0.06}},  # PARS with a BC term
+    {"search_space": {"pa_alpha": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+                      "bc_weight": {"type": "uniform", "low": 0.0, "high": 0.1}}},
+    {"dataset": {"id": "D4RL/antmaze/umaze-v1"}},  # AntMaze PARS has its BC term
+])
+def test_no_warning_where_pars_without_bc_on_mujoco_is_not_what_is_tuned(changes):
+    assert _warnings(**changes) == []
+
+
+def test_the_tune_command_says_the_warning_once_the_checks_have_passed(tmp_path, capsys, monkeypatch):
+    import rlservice.jobs.tune as driver
+    from rlservice.cli import main
+    from rlservice.errors import ConfigError
+
+    def run_job(job, name, *args, started, face, **kwargs):  # the driver, stopped right after its checks
+        started(name)
+        raise ConfigError("stopped by the test")
+
+    monkeypatch.setattr(driver, "run_job", run_job)
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(minimal(steps=2000, eval_every=500)))
+    assert main(["tune", "run", str(job), "--name", "w1", "--verbose"]) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("tuning job w1") and out[1].startswith("warning: steps=2,000 ")
