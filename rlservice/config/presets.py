@@ -75,17 +75,17 @@ PARS_TABLE_8_Q_MIN = {
     "halfcheetah": -366.0, "hopper": -166.0, "walker2d": -229.0,
 }
 
-# DMG (Mao et al., NeurIPS 2024), Table 5 and the official README: nu by dataset quality (MuJoCo).
 # PARS's MuJoCo results (64.2 on halfcheetah-medium) are at the paper's 1M gradient steps, with no BC
 # term. Short of that its score depends on the dataset (issue 23): an independent halfcheetah-medium
 # dataset gave at most 10 at 50k steps, where TD3+BC gave 57; the factory's gave 48.5 at 15k (3 seeds).
 PARS_MUJOCO_STEPS = 1_000_000
 PARS_SHORT_BUDGET_EVIDENCE = ("without a BC term its score at short budgets depends on the dataset (halfcheetah-medium: "
                               "at most 10 at 50k steps on one dataset, 48.5 at 15k on the factory's)")
-PARS_SHORT_BUDGET_NOTE = (f"PARS on MuJoCo has no BC term and its published scores are at {PARS_MUJOCO_STEPS:,} steps; "
+PARS_SHORT_BUDGET_NOTE = (f"PARS's published MuJoCo scores are at {PARS_MUJOCO_STEPS:,} steps; "
                           f"{PARS_SHORT_BUDGET_EVIDENCE}: judge it at the full budget, or add a small BC term "
                           "(bc_weight)")
 
+# DMG (Mao et al., NeurIPS 2024), Table 5 and the official README: nu by dataset quality (MuJoCo).
 DMG_NU = {"random": 0.1, "medium": 0.1, "medium-replay": 0.1, "medium-expert": 10.0, "expert": 10.0}
 DMG_ANTMAZE_NU = 0.5
 

@@ -227,6 +227,11 @@ class TuningJob(_Spec):
         dataset = self.dataset.model_dump(include={"id", "download", "uri"}, exclude_none=True)
         return build_run_config(self.dataset.id, self.preset, {"dataset": dataset}, overrides, action_dim=action_dim)
 
+    def searched_fields(self) -> set[str]:
+        """The AgentConfig fields the search space sets (aliases and switches resolved)."""
+        space = self.search_space
+        return {ALIASES.get(k, k) for k in space} | {SWITCHES[k][0] for k in space if k in SWITCHES}
+
     def applies(self, knob: str, sampled: dict[str, Any], base_agent: dict[str, Any]) -> bool:
         """Whether `knob` has an effect given the knobs sampled so far (define-by-run order)."""
         dim = self.search_space[knob]
@@ -312,10 +317,9 @@ def validate_job(spec: dict[str, Any]) -> TuningJob:
 def budget_warnings(job: TuningJob) -> list[str]:
     """One line per budget that is too short for what the job tunes: PARS with no BC term on MuJoCo
     data is known to reach its published scores only at PARS_MUJOCO_STEPS (issue 23)."""
-    agent = job.run_config().agent
-    pars = agent.pa_alpha > 0 or any(ALIASES.get(k, k) == "pa_alpha" or k == "use_pa" for k in job.search_space)
-    bc_searched = any(ALIASES.get(k, k) == "bc_weight" for k in job.search_space)
-    if domain_of(job.dataset.id) != "mujoco" or not pars or agent.bc_weight > 0 or bc_searched:
+    agent, searched = job.run_config().agent, job.searched_fields()
+    pars = agent.pa_alpha > 0 or "pa_alpha" in searched
+    if domain_of(job.dataset.id) != "mujoco" or not pars or agent.bc_weight > 0 or "bc_weight" in searched:
         return []
     short = [f"steps={job.steps:,}"] if job.steps < PARS_MUJOCO_STEPS else []
     if job.scheduler.type == "asha" and job.scheduler.grace_period < PARS_MUJOCO_STEPS:
@@ -375,8 +379,7 @@ def _check_fixed(job: TuningJob) -> None:
             where = JOB_TRAIN_FIELDS[field]
             hint = f"set it with the job's `{where}` field" if where else "the trial chooses its own directory"
             raise ConfigError(f"fixed.{field}={value!r}: {hint}")
-    searched = {ALIASES.get(k, k) for k in job.search_space} | {SWITCHES[k][0] for k in job.search_space if k in SWITCHES}
-    if both := sorted(searched & set(routed["agent"])):
+    if both := sorted(job.searched_fields() & set(routed["agent"])):
         value = routed["agent"][both[0]]
         raise ConfigError(f"fixed.{both[0]}={value!r}: the knob is also in search_space; fix it or search it")
 
