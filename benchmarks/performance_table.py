@@ -4,7 +4,8 @@
 
 Each row is one `benchmarks/learner.py` run (one process run each, as the commands in the
 first column would be); the last column is the comparison that run makes in the same
-process: the reference, the baseline without the regulariser, or one seed alone.
+process: the reference, the baseline without the regulariser, or one seed alone. The peak
+is the best fp32 matmul kernel's (`peak by kernel` lists each one's GFLOP/s).
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def comparison(r: dict) -> str:
     return ""
 
 
+def by_kernel(r: dict) -> str:
+    """Each kernel's 2048^2 figure (the peak is the best of them), e.g. `aten 136 / onednn 131`."""
+    return " / ".join(f"{name} {flops / 1e9:.0f}" for name, flops in r["peak_flops_by_kernel"].items())
+
+
 def machine(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(device)
@@ -54,7 +60,8 @@ def machine(device: str) -> str:
             name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{name}, {torch.get_num_threads()} threads"
+    # The model name alone does not tell the VM kinds apart (AVX2 and AVX-512 EPYCs both say "AMD EPYC").
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads"
 
 
 def main() -> None:
@@ -66,14 +73,14 @@ def main() -> None:
                                           "--buffer-size", "10000"] if args.quick else [])
     print(f"{time.strftime('%Y-%m-%d')}, {machine(args.device)}, torch {torch.__version__}; "
           f"HalfCheetah shapes (17 obs, 6 actions), batch 256\n")
-    print("| `benchmarks/learner.py ...` | steps/s | GFLOP/step | GFLOP/s | % of matmul peak | same run |")
-    print("|---|---|---|---|---|---|")
+    print("| `benchmarks/learner.py ...` | steps/s | GFLOP/step | GFLOP/s | % of matmul peak | peak by kernel | same run |")
+    print("|---|---|---|---|---|---|---|")
     for row in ROWS:
         with contextlib.redirect_stdout(io.StringIO()):
             r = learner.main(row + extra)
         print(f"| `{' '.join(row)}` | {r['steps_per_second']:.1f} | {r['flops_per_step'] / 1e9:.3f} | "
               f"{r['achieved_flops'] / 1e9:.1f} | {100 * r['peak_ratio']:.0f}% of {r['peak_flops'] / 1e9:.0f} | "
-              f"{comparison(r)} |", flush=True)
+              f"{by_kernel(r)} | {comparison(r)} |", flush=True)
 
 
 if __name__ == "__main__":

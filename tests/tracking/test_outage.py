@@ -19,20 +19,31 @@ def test_server_down_mid_run(mlflow_server, tiny_run_config, one_thread, tmp_pat
     survivor = runs.TrialRun(uri, "outage-test", parent, "survivor", {"role": "survivor"})
     doomed = runs.TrialRun(uri, "outage-test", parent, "doomed", {"role": "doomed"})
     trainer = Trainer(tiny_run_config(seed=7), tmp_path / "run")
-    calls, slowest = [], []
+    calls, attempts = [], []
+    send = survivor._send
+
+    def counted_send():
+        attempts.append(time.monotonic())
+        send()
+
+    survivor._send = counted_send
 
     def record(step, metrics):
         calls.append((step, dict(metrics)))
-        start = time.monotonic()
         survivor.log_metrics(step, metrics)
-        slowest.append(time.monotonic() - start)
 
     mlflow_server.stop()
     try:
         with one_thread():
             result = trainer.run(on_log=record, on_eval=record, progress=False)
         survivor.log_checkpoint(trainer.run_dir / "best")
-        assert max(slowest) < 2.0  # a dead server does not stall training
+        # A dead server does not stall training: a failed send is retried only after a pause that
+        # doubles from RETRY_FIRST_S, so log calls in between never touch the network (here 6 log
+        # calls and the checkpoint: all 7 would try only if the run took over a minute).
+        assert 1 <= len(attempts) <= len(calls)
+        gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+        pauses = [min(runs.RETRY_FIRST_S * 2**i, runs.RETRY_MAX_S) for i in range(len(gaps))]
+        assert all(gap >= pause for gap, pause in zip(gaps, pauses)), (gaps, pauses)
         doomed.log_checkpoint(trainer.run_dir / "best")
         with caplog.at_level(logging.WARNING, logger="rlservice.tracking"):
             assert doomed.finish("completed", result.history, deadline_s=1.0) is False
