@@ -164,7 +164,8 @@ def _row(job: TuningJob, trial: Trial) -> dict[str, Any]:
         "status": _status(job, trial, last),
         "score": last.get("best_score"),
         "score_std": last.get("best_score_std"),
-        "score_interval": score_interval(episodes).to_json() if episodes else None,
+        # under offline selection the columns are the FQE ensemble's members, not episodes
+        "score_interval": score_interval(episodes, unit="FQE critics" if job.offline else "ep").to_json() if episodes else None,
         "final_score": last.get("score"),
         "fqe_score": last.get("fqe_score"),  # with offline_evaluation: FQE of the final policy
         "fqe_return": last.get("fqe_return"),

@@ -25,6 +25,7 @@ class Interval:
     high: float
     seeds: int
     episodes: int  # per seed
+    unit: str = "ep"  # what an "episode" is: "ep", or "FQE critics" where FQE estimated the scores
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -32,11 +33,12 @@ class Interval:
     def text(self) -> str:
         """`30.12 [28.40, 31.90] (3 seeds x 50 ep)`."""
         seeds = f"{self.seeds} seed{'s' if self.seeds != 1 else ''}"
-        return f"{self.mean:.2f} [{self.low:.2f}, {self.high:.2f}] ({seeds} x {self.episodes} ep)"
+        return f"{self.mean:.2f} [{self.low:.2f}, {self.high:.2f}] ({seeds} x {self.episodes} {self.unit})"
 
 
-def score_interval(scores, replicates: int = REPLICATES) -> Interval:
-    """Mean and 95% stratified-bootstrap interval of `scores` [seeds, episodes] (a 1-d array is one seed)."""
+def score_interval(scores, replicates: int = REPLICATES, unit: str = "ep") -> Interval:
+    """Mean and 95% stratified-bootstrap interval of `scores` [seeds, episodes] (a 1-d array is one
+    seed); `unit` names what the columns are."""
     from rliable import (
         library,  # imports arch and statsmodels: only when an interval is computed
     )
@@ -55,4 +57,4 @@ def score_interval(scores, replicates: int = REPLICATES) -> Interval:
     finally:
         np.random.set_state(saved)
     low, high = intervals["scores"][:, 0]
-    return Interval(float(points["scores"][0]), float(low), float(high), seeds, episodes)
+    return Interval(float(points["scores"][0]), float(low), float(high), seeds, episodes, unit)

@@ -12,6 +12,7 @@ from tune_helpers import child_runs, last_json, rlservice
 
 from rlservice.data.minari_io import load_offline_data, read_metadata, write_dataset
 from rlservice.errors import DatasetError
+from rlservice.training.intervals import Interval
 
 pytestmark = pytest.mark.slow
 
@@ -58,6 +59,8 @@ def test_offline_selection_tunes_a_dataset_whose_env_is_not_installed(unregister
     assert [t["status"] for t in trials] == ["completed"] * 2
     for t in trials:  # one FQE of the final policy, and that is the trial's score
         assert t["score"] == t["final_score"] == t["fqe_score"] and t["steps"] == 200
+        assert t["score_interval"]["unit"] == "FQE critics"  # its interval is over FQE's members, no episode ran
+        assert "FQE critics)" in Interval(**t["score_interval"]).text()
     best = max(trials, key=lambda t: t["fqe_score"])
     assert out["best"]["trial"] == best["trial"]
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import rliable.library
 
-from rlservice.training.intervals import score_interval
+from rlservice.training.intervals import Interval, score_interval
 
 
 def test_the_interval_comes_from_rliable(monkeypatch):
@@ -46,3 +46,11 @@ def test_identical_scores_have_no_spread_and_the_bootstrap_is_reproducible():
     state = np.random.get_state()[1].copy()
     assert score_interval(scores) == score_interval(scores)
     assert (np.random.get_state()[1] == state).all()  # NumPy's global generator is given back
+
+
+def test_text_says_what_the_interval_rests_on_in_its_unit():
+    scores = [[10.0, 20.0, 30.0], [40.0, 50.0, 60.0]]
+    assert score_interval(scores).text().endswith(" (2 seeds x 3 ep)")
+    fqe = score_interval([[1.0, 2.0, 3.0, 4.0, 5.0]], unit="FQE critics")
+    assert fqe.text().startswith("3.00 [") and fqe.text().endswith(" (1 seed x 5 FQE critics)")
+    assert Interval(**fqe.to_json()) == fqe  # the unit survives the JSON the tuner writes
