@@ -7,7 +7,8 @@ every evaluation (issue 23).
 
 Each configuration (the preset with the dataset's Table 11 row, then each ablation) trains
 `--seeds` seeds in one vectorised learner, evaluates every `--eval-every` steps, and logs per
-evaluation the normalised score (mean and std over seeds), `action_sensitivity`
+evaluation the normalised score (mean and std over seeds, and rliable's 95% interval over seeds x
+episodes: `score_ci_low`, `score_ci_high`, `score_seeds`, `score_episodes`), `action_sensitivity`
 ((Q(s, a_data) - Q(s, a_uniform)) / |Q|), `ensemble_spread`, `policy_distance`,
 `ood_overestimation` and `dormant_ratio` (means over seeds, on the trainer's held-out batch) to one
 MLflow run per configuration, plots them to `<out>/pars_curve.png`, and prints JSON.
@@ -30,8 +31,9 @@ from rlservice.agent.diagnostics import action_diagnostics, diagnostics  # noqa:
 from rlservice.config.run import build_run_config  # noqa: E402
 from rlservice.data.minari_io import load_offline_data  # noqa: E402
 from rlservice.errors import RLServiceError  # noqa: E402
-from rlservice.tracking.runs import TrialRun, run_params  # noqa: E402
+from rlservice.tracking.runs import TrialRun, interval_metrics, run_params  # noqa: E402
 from rlservice.tracking.store import resolve_tracking_uri  # noqa: E402
+from rlservice.training.intervals import score_interval  # noqa: E402
 from rlservice.training.trainer import Trainer  # noqa: E402
 
 
@@ -65,8 +67,10 @@ def train_one(name: str, dataset: str, data, overrides: dict, uri: str, experime
         def on_eval(step: int, record: dict) -> None:
             per_seed = {**diagnostics(trainer.learner, trainer.diag_batch, probe_g),
                         **action_diagnostics(trainer.learner, trainer.diag_batch, probe_g)}
+            interval = score_interval(record["episode_scores"])  # over seeds x episodes, as everywhere else
             row = {"step": step, "normalized_score": record["normalized_score"],
                    "normalized_score_std": record["normalized_score_std"],
+                   **interval_metrics("score", interval.to_json()),
                    **{k: float(per_seed[k].mean()) for k in PANELS[1:]},
                    "q_data_mean": float(per_seed["q_data_mean"].mean()), "q_pi_mean": float(per_seed["q_pi_mean"].mean())}
             curve.append(row)

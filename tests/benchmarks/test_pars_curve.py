@@ -39,6 +39,9 @@ def test_pars_curve_logs_every_evaluation_to_mlflow_and_plots(hopper_random_data
     for r in out["results"]:
         assert r["status"] == "completed" and [c["step"] for c in r["curve"]] == [2, 4]
         assert all(KEYS <= set(c) for c in r["curve"])
+        for c in r["curve"]:  # every score with the interval and what it rests on: 2 seeds x 1 episode
+            assert c["score_ci_low"] <= c["normalized_score"] <= c["score_ci_high"]
+            assert (c["score_seeds"], c["score_episodes"]) == (2, 1)
         history = mlflow.MlflowClient(uri).get_metric_history(r["run_id"], "action_sensitivity")
         assert sorted(m.step for m in history) == [2, 4]
     assert (tmp_path / "pars_curve.png").stat().st_size > 10_000
