@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 from minari.storage import get_dataset_path
@@ -110,3 +113,32 @@ def test_model_refs(ref, uri):
 def test_bad_model_ref_is_a_user_error():
     with pytest.raises(RLServiceError, match="NAME@ALIAS"):
         model_uri("pol@")
+
+
+
+OPEN_AT_ONCE = """
+import sys, time
+from pathlib import Path
+from rlservice.tracking import store
+uri, folder, me = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+(folder / f"ready-{me}").touch()
+while not (folder / "go").exists():  # all processes wait here, then open the new store at once
+    time.sleep(0.001)
+c = store.client(uri)
+c.create_run(store.experiment_id(c, uri, "race"))
+"""
+
+
+def test_processes_opening_a_new_sqlite_store_at_once_all_succeed(tmp_path):
+    """Without the lock, MLflow's table migrations in two processes collide on a new database."""
+    uri, n = f"sqlite:///{tmp_path / 'mlflow.db'}", 4
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, uri, str(tmp_path), str(i)],
+                              stderr=subprocess.PIPE, text=True) for i in range(n)]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready-*"))) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * n, "\n".join(e.strip().splitlines()[-1] for e in errors if e.strip())
+    c = store.client(uri)
+    assert len(c.search_runs([c.get_experiment_by_name("race").experiment_id])) == n
