@@ -12,6 +12,10 @@ episodes: `score_ci_low`, `score_ci_high`, `score_seeds`, `score_episodes`), `ac
 ((Q(s, a_data) - Q(s, a_uniform)) / |Q|), `ensemble_spread`, `policy_distance`,
 `ood_overestimation` and `dormant_ratio` (means over seeds, on the trainer's held-out batch) to one
 MLflow run per configuration, plots them to `<out>/pars_curve.png`, and prints JSON.
+
+Configurations can run in separate processes (one per core) and be put together afterwards:
+`--merge A.json --merge B.json` reads the JSON those runs printed, plots every configuration in one
+figure and prints a Markdown table of the scores and diagnostics at each evaluation.
 """
 
 from __future__ import annotations
@@ -98,9 +102,43 @@ def plot(results: list[dict], title: str, path: Path) -> Path:
     return path
 
 
+def table(results: list[dict]) -> str:
+    """One row per configuration and evaluation: the score with its interval and what it rests on."""
+    lines = ["| configuration | step | score [95% CI] (seeds x episodes) | action sensitivity | ensemble spread "
+             "| policy distance | ood overestimation | dormant ratio | Q(s, a_data) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for c in r["curve"]:
+            lines.append(f"| {r['ablation']} | {c['step']:,} | {c['normalized_score']:.1f} [{c['score_ci_low']:.1f}, "
+                         f"{c['score_ci_high']:.1f}] ({c['score_seeds']} x {c['score_episodes']}) "
+                         f"| {c['action_sensitivity']:.3f} | {c['ensemble_spread']:.2f} | {c['policy_distance']:.2f} "
+                         f"| {c['ood_overestimation']:.2f} | {c['dormant_ratio']:.2f} | {c['q_data_mean']:.0f} |")
+    return "\n".join(lines)
+
+
+def merge(paths: list[str], out: Path) -> int:
+    runs = []
+    for path in paths:
+        try:
+            runs.append(json.loads(Path(path).read_text().strip().splitlines()[-1]))
+        except (OSError, ValueError, IndexError) as exc:
+            print(f"error: --merge {path}: not the JSON a pars_curve run printed ({exc})", file=sys.stderr)
+            return 2
+    datasets = {r.get("dataset") for r in runs}
+    if len(datasets) != 1:
+        print(f"error: --merge: runs on different datasets {sorted(map(str, datasets))}", file=sys.stderr)
+        return 2
+    results = [res for r in runs for res in r["results"]]
+    seeds = sorted({res["seeds"] for res in results})
+    figure = plot(results, f"PARS on {datasets.pop()}, {'/'.join(map(str, seeds))} seeds", out / "pars_curve.png")
+    print(table(results))
+    print(f"figure: {figure}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", help="required unless --merge")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=300_000)
     p.add_argument("--eval-every", type=int, default=10_000)
@@ -111,8 +149,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiment", default="pars-curve")
     p.add_argument("--out", default=".", help="folder for pars_curve.png")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--merge", action="append", default=[], metavar="JSON",
+                   help="repeatable: plot and tabulate earlier runs' printed JSON instead of training")
     args = p.parse_args(argv)
     out = Path(args.out)
+    if not out.is_dir():
+        print(f"error: --out {out} is not a folder", file=sys.stderr)
+        return 2
+    if args.merge:
+        return merge(args.merge, out)
+    if not args.dataset:
+        print("error: --dataset is required (or --merge earlier runs' JSON)", file=sys.stderr)
+        return 2
     budget = {"train.steps": args.steps, "train.num_seeds": args.seeds, "train.eval_every": args.eval_every,
               "train.log_every": min(1000, args.eval_every)}
     if args.eval_episodes is not None:
@@ -124,14 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             print(f"error: unknown ablation {unknown[0]!r}; choose from {', '.join(known)}", file=sys.stderr)
             return 2
-        if not out.is_dir():
-            print(f"error: --out {out} is not a folder", file=sys.stderr)
-            return 2
         data = load_offline_data(args.dataset)
-        table = ablations(int(data.actions.shape[1]))
+        knobs = ablations(int(data.actions.shape[1]))
         uri = resolve_tracking_uri(args.tracking_uri)
         names = ([] if args.no_preset else ["preset"]) + args.ablation
-        results = [train_one(n, args.dataset, data, {**budget, **table.get(n, {})}, uri, args.experiment,
+        results = [train_one(n, args.dataset, data, {**budget, **knobs.get(n, {})}, uri, args.experiment,
                              not args.no_progress) for n in names]
     except RLServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -48,3 +48,40 @@ def test_pars_curve_logs_every_evaluation_to_mlflow_and_plots(hopper_random_data
     assert pars_curve.main([*args, "--ablation", "bogus"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown ablation 'bogus'") and err.count("\n") == 1
+
+
+def _printed(dataset: str, name: str, scores: list[float]) -> str:
+    """What a pars_curve run prints last, with a made-up curve: 2 seeds x 10 episodes per evaluation."""
+    curve = [{"step": 5000 * (i + 1), "normalized_score": s, "score_ci_low": s - 1, "score_ci_high": s + 2,
+              "score_seeds": 2, "score_episodes": 10, "action_sensitivity": 0.0234, "ensemble_spread": 1.5,
+              "policy_distance": 1.25, "ood_overestimation": 0.5, "dormant_ratio": 0.25, "q_data_mean": 300.4}
+             for i, s in enumerate(scores)]
+    return "progress noise\n" + json.dumps({"dataset": dataset, "results": [
+        {"ablation": name, "seeds": 2, "curve": curve}]})
+
+
+def test_merge_puts_runs_from_separate_processes_in_one_table_and_figure(tmp_path, capsys):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(_printed("d/x/medium-v0", "preset", [2.5, 21.74]))
+    b.write_text(_printed("d/x/medium-v0", "bc", [30.0]))
+    assert pars_curve.main(["--merge", str(a), "--merge", str(b), "--out", str(tmp_path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[1:] == [
+        "| preset | 5,000 | 2.5 [1.5, 4.5] (2 x 10) | 0.023 | 1.50 | 1.25 | 0.50 | 0.25 | 300 |",
+        "| preset | 10,000 | 21.7 [20.7, 23.7] (2 x 10) | 0.023 | 1.50 | 1.25 | 0.50 | 0.25 | 300 |",
+        "| bc | 5,000 | 30.0 [29.0, 32.0] (2 x 10) | 0.023 | 1.50 | 1.25 | 0.50 | 0.25 | 300 |"]
+    assert (tmp_path / "pars_curve.png").stat().st_size > 10_000
+
+
+def test_merge_refuses_runs_on_different_datasets_and_files_that_are_not_a_run(tmp_path, capsys):
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(_printed("d/x/medium-v0", "preset", [1.0]))
+    b.write_text(_printed("d/y/medium-v0", "bc", [1.0]))
+    c.write_text("Traceback (most recent call last):\n")
+    assert pars_curve.main(["--merge", str(a), "--merge", str(b), "--out", str(tmp_path)]) == 2
+    assert pars_curve.main(["--merge", str(c), "--out", str(tmp_path)]) == 2
+    assert pars_curve.main(["--out", str(tmp_path)]) == 2  # neither --dataset nor --merge
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: --merge: runs on different datasets")
+    assert err[1].startswith(f"error: --merge {c}: not the JSON")
+    assert err[2].startswith("error: --dataset is required") and len(err) == 3
