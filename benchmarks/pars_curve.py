@@ -3,7 +3,7 @@ every evaluation (issue 23).
 
     python benchmarks/pars_curve.py --dataset rlservice/halfcheetah-v5/medium-v0 --seeds 3 --steps 300000 \\
         --ablation no_layernorm --ablation reward_scale_1 --ablation no_pa --ablation target_subset_10 \\
-        --ablation bc --ablation actor_mean
+        --ablation bc --ablation bc_td3bc --ablation actor_mean
 
 Each configuration (the preset with the dataset's Table 11 row, then each ablation) trains
 `--seeds` seeds in one vectorised learner, evaluates every `--eval-every` steps, and logs per
@@ -50,6 +50,8 @@ def ablations(action_dim: int) -> dict[str, dict]:
         "no_pa": {"agent.pa_alpha": 0.0},
         "target_subset_10": {"agent.target_subset": 10},
         "bc": {"agent.bc_weight": 0.01 * action_dim},
+        # TD3+BC's own strength: alpha = 2.5 on the normalised Q is a BC weight of 1 / 2.5 on mean_d.
+        "bc_td3bc": {"agent.bc_weight": 1 / 2.5},
         "actor_mean": {"agent.actor_q": "subset_mean", "agent.actor_q_subset": 10},
     }
 

@@ -76,14 +76,15 @@ PARS_TABLE_8_Q_MIN = {
 }
 
 # PARS's MuJoCo results (64.2 on halfcheetah-medium) are at the paper's 1M gradient steps, with no BC
-# term. Short of that its score depends on the dataset (issue 23): an independent halfcheetah-medium
-# dataset gave at most 10 at 50k steps, where TD3+BC gave 57; the factory's gave 48.5 at 15k (3 seeds).
+# term. Short of that its score depends on the dataset (issue 23): on halfcheetah-medium data it gave
+# at most 10 at 50k steps on an independent dataset and 48.5 at 15k on one factory build, but 0.1 at
+# 10k on another (TD3+BC: 45.5), where a BC term of TD3+BC's strength gave 51.8 by 5k (3 seeds each).
 PARS_MUJOCO_STEPS = 1_000_000
 PARS_SHORT_BUDGET_EVIDENCE = ("without a BC term its score at short budgets depends on the dataset (halfcheetah-medium: "
-                              "at most 10 at 50k steps on one dataset, 48.5 at 15k on the factory's)")
+                              "48.5 at 15k steps on one dataset, 0.1 at 10k on another, where bc_weight=0.4 gave 51.8 at 5k)")
 PARS_SHORT_BUDGET_NOTE = (f"PARS's published MuJoCo scores are at {PARS_MUJOCO_STEPS:,} steps; "
-                          f"{PARS_SHORT_BUDGET_EVIDENCE}: judge it at the full budget, or add a small BC term "
-                          "(bc_weight)")
+                          f"{PARS_SHORT_BUDGET_EVIDENCE}: judge it at the full budget, or add a BC term "
+                          "(bc_weight=0.4 is TD3+BC's strength; 0.01 x d did not lift it by 10k)")
 
 # DMG (Mao et al., NeurIPS 2024), Table 5 and the official README: nu by dataset quality (MuJoCo).
 DMG_NU = {"random": 0.1, "medium": 0.1, "medium-replay": 0.1, "medium-expert": 10.0, "expert": 10.0}

@@ -20,6 +20,7 @@ KEYS = {"normalized_score", "action_sensitivity", "ensemble_spread", "policy_dis
 def test_ablations_change_the_knob_they_name():
     table = pars_curve.ablations(action_dim=6)
     assert table["bc"] == {"agent.bc_weight": pytest.approx(0.06)}  # 0.01 x d
+    assert table["bc_td3bc"] == {"agent.bc_weight": pytest.approx(0.4)}  # TD3+BC: -2.5 Q/mean|Q| + mse, over 2.5
     assert table["no_layernorm"] == {"agent.critic_layernorm": False}
     assert table["no_pa"] == {"agent.pa_alpha": 0.0}
     assert table["target_subset_10"] == {"agent.target_subset": 10}

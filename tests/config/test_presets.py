@@ -170,10 +170,10 @@ def test_a_local_dataset_gives_its_action_dim(capsys, hopper_random_dataset):
 
 @pytest.mark.parametrize("dataset", ["rlservice/halfcheetah-v5/medium-v0", "mujoco/hopper/expert-v0"])
 def test_pars_on_mujoco_says_what_it_needs(capsys, dataset):
-    """Issue 23: no BC term on MuJoCo, published at 1M steps; the note says budget or a small BC term."""
+    """Issue 23: no BC term on MuJoCo, published at 1M steps; the note says budget or a BC term, with the measured curve."""
     assert main(["presets", "show", "--preset", "pars", "--dataset", dataset]) == 0
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  note: ")]
-    assert any("1,000,000 steps" in n and "bc_weight" in n and "at 50k steps" in n and "48.5 at 15k" in n
+    assert any("1,000,000 steps" in n and "bc_weight" in n and "48.5 at 15k" in n and "bc_weight=0.4 gave 51.8" in n
                for n in notes), notes
     assert main(["presets", "show", "--preset", "pars", "--dataset", "D4RL/antmaze/umaze-v1"]) == 0
     assert "1,000,000" not in capsys.readouterr().out  # AntMaze PARS has its BC term
