@@ -37,28 +37,26 @@ def resolve_tracking_uri(cli_value: str | None = None) -> str:
 def client(uri: str) -> MlflowClient:
     for key, value in CLIENT_ENV.items():
         os.environ.setdefault(key, value)
-    if uri.startswith("sqlite:///") and uri not in _OPENED:
-        with _first_open(Path(uri.removeprefix("sqlite:///"))):
-            c = MlflowClient(tracking_uri=uri)
-        _OPENED.add(uri)
-        return c
-    return MlflowClient(tracking_uri=uri)
+    with _first_open(uri):
+        return MlflowClient(tracking_uri=uri)
 
 
 _OPENED: set[str] = set()
 
 
 @contextmanager
-def _first_open(path: Path):
+def _first_open(uri: str):
     """MLflow creates and migrates a SQLite store's tables when a process first opens it; two
     processes doing so at once collide ("duplicate column name"). They take turns here, under a lock
     file next to the database; after the first, the tables are in place and nothing is migrated."""
-    if path.name == ":memory:" or not path.parent.is_dir():
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not uri.startswith("sqlite:///") or uri in _OPENED or path.name == ":memory:" or not path.parent.is_dir():
         yield
         return
     with open(path.with_name(path.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+    _OPENED.add(uri)
 
 
 # Stores MLflow can track to (a database URL may name its driver: postgresql+psycopg2://).

@@ -115,7 +115,6 @@ def test_bad_model_ref_is_a_user_error():
         model_uri("pol@")
 
 
-
 OPEN_AT_ONCE = """
 import sys, time
 from pathlib import Path
