@@ -119,18 +119,18 @@ def table(results: list[dict]) -> str:
 
 
 def merge(paths: list[str], out: Path) -> int:
-    runs = []
+    datasets, results = set(), []
     for path in paths:
         try:
-            runs.append(json.loads(Path(path).read_text().strip().splitlines()[-1]))
-        except (OSError, ValueError, IndexError) as exc:
-            print(f"error: --merge {path}: not the JSON a pars_curve run printed ({exc})", file=sys.stderr)
+            run = json.loads(Path(path).read_text().strip().splitlines()[-1])
+            datasets.add(run["dataset"])
+            results += run["results"]
+        except (OSError, ValueError, IndexError, KeyError, TypeError) as exc:
+            print(f"error: --merge {path}: not the JSON a pars_curve run printed ({exc!r})", file=sys.stderr)
             return 2
-    datasets = {r.get("dataset") for r in runs}
     if len(datasets) != 1:
-        print(f"error: --merge: runs on different datasets {sorted(map(str, datasets))}", file=sys.stderr)
+        print(f"error: --merge: runs on different datasets {sorted(datasets)}", file=sys.stderr)
         return 2
-    results = [res for r in runs for res in r["results"]]
     seeds = sorted({res["seeds"] for res in results})
     figure = plot(results, f"PARS on {datasets.pop()}, {'/'.join(map(str, seeds))} seeds", out / "pars_curve.png")
     print(table(results))

@@ -79,10 +79,14 @@ def test_merge_refuses_runs_on_different_datasets_and_files_that_are_not_a_run(t
     a.write_text(_printed("d/x/medium-v0", "preset", [1.0]))
     b.write_text(_printed("d/y/medium-v0", "bc", [1.0]))
     c.write_text("Traceback (most recent call last):\n")
+    train_json = tmp_path / "train.json"  # what `rlservice train --json` prints: a run, but not a curve
+    train_json.write_text(json.dumps({"dataset": "d/x/medium-v0", "preset": "td3bc", "normalized_score": 45.5}))
     assert pars_curve.main(["--merge", str(a), "--merge", str(b), "--out", str(tmp_path)]) == 2
     assert pars_curve.main(["--merge", str(c), "--out", str(tmp_path)]) == 2
+    assert pars_curve.main(["--merge", str(train_json), "--out", str(tmp_path)]) == 2
     assert pars_curve.main(["--out", str(tmp_path)]) == 2  # neither --dataset nor --merge
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("error: --merge: runs on different datasets")
     assert err[1].startswith(f"error: --merge {c}: not the JSON")
-    assert err[2].startswith("error: --dataset is required") and len(err) == 3
+    assert err[2].startswith(f"error: --merge {train_json}: not the JSON")
+    assert err[3].startswith("error: --dataset is required") and len(err) == 4
