@@ -11,7 +11,9 @@ evaluation the normalised score (mean and std over seeds, and rliable's 95% inte
 episodes: `score_ci_low`, `score_ci_high`, `score_seeds`, `score_episodes`), `action_sensitivity`
 ((Q(s, a_data) - Q(s, a_uniform)) / |Q|), `ensemble_spread`, `policy_distance`,
 `ood_overestimation` and `dormant_ratio` (means over seeds, on the trainer's held-out batch) to one
-MLflow run per configuration, plots them to `<out>/pars_curve.png`, and prints JSON.
+MLflow run per configuration, plots them to `<out>/pars_curve.png`, and prints JSON. The same JSON
+is rewritten to `<out>/pars_curve.json` after every evaluation (the configuration in training has
+status "running"), so a long run that is stopped or killed keeps its curve so far.
 
 Configurations can run in separate processes (one per core) and be put together afterwards:
 `--merge A.json --merge B.json` reads the JSON those runs printed, plots every configuration in one
@@ -24,6 +26,7 @@ import argparse
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -53,6 +56,9 @@ def ablations(action_dim: int) -> dict[str, dict]:
         # TD3+BC's own strength: alpha = 2.5 on the normalised Q is a BC weight of 1 / 2.5 on mean_d.
         "bc_td3bc": {"agent.bc_weight": 1 / 2.5},
         "actor_mean": {"agent.actor_q": "subset_mean", "agent.actor_q_subset": 10},
+        # Not a PARS piece: a test of the reading that the values are still propagating. The targets'
+        # time constant 1 / (tau (1 - gamma)) is 5k steps at tau = 0.02 instead of 20k at 0.005.
+        "fast_targets": {"agent.tau": 0.02},
     }
 
 
@@ -60,7 +66,9 @@ PANELS = ("normalized_score", "action_sensitivity", "ensemble_spread", "policy_d
           "ood_overestimation", "dormant_ratio")
 
 
-def train_one(name: str, dataset: str, data, overrides: dict, uri: str, experiment: str, progress: bool) -> dict:
+def train_one(name: str, dataset: str, data, overrides: dict, uri: str, experiment: str, progress: bool,
+              save: Callable[[dict], None]) -> dict:
+    """Trains and evaluates one configuration; `save` gets its result so far after every evaluation."""
     action_dim = int(data.actions.shape[1])
     run_config = build_run_config(dataset, "pars", overrides=overrides, action_dim=action_dim)
     curve: list[dict] = []
@@ -68,6 +76,8 @@ def train_one(name: str, dataset: str, data, overrides: dict, uri: str, experime
         trainer = Trainer(run_config, run_dir, data=data)
         run = TrialRun(uri, experiment, None, f"pars-curve-{name}", run_params(run_config, action_dim, digest=data.digest),
                        {"issue": "23", "ablation": name})
+        result = {"ablation": name, "status": "running", "steps": 0, "seeds": run_config.train.num_seeds,
+                  "episodes_per_seed": run_config.train.eval_episodes, "run_id": run.run_id, "curve": curve}
         probe_g = torch.Generator().manual_seed(run_config.train.seed + 7)
 
         def on_eval(step: int, record: dict) -> None:
@@ -81,11 +91,19 @@ def train_one(name: str, dataset: str, data, overrides: dict, uri: str, experime
                    "q_data_mean": float(per_seed["q_data_mean"].mean()), "q_pi_mean": float(per_seed["q_pi_mean"].mean())}
             curve.append(row)
             run.log_metrics(step, row)
+            result["steps"] = step
+            save(result)
 
-        result = trainer.run(on_log=run.log_metrics, on_eval=on_eval, progress=progress)
-        run.finish(result.status, result.history)
-    return {"ablation": name, "status": result.status, "steps": result.steps, "seeds": run_config.train.num_seeds,
-            "episodes_per_seed": run_config.train.eval_episodes, "run_id": run.run_id, "curve": curve}
+        outcome = trainer.run(on_log=run.log_metrics, on_eval=on_eval, progress=progress)
+        run.finish(outcome.status, outcome.history)
+    return {**result, "status": outcome.status, "steps": outcome.steps}
+
+
+def write_json(path: Path, run: dict) -> None:
+    """Replaces `path` whole, so a reader (or a kill mid-write) never sees half a file."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(run) + "\n")
+    part.replace(path)
 
 
 def plot(results: list[dict], title: str, path: Path) -> Path:
@@ -105,13 +123,15 @@ def plot(results: list[dict], title: str, path: Path) -> Path:
 
 
 def table(results: list[dict]) -> str:
-    """One row per configuration and evaluation: the score with its interval and what it rests on."""
+    """One row per configuration and evaluation: the score with its interval and what it rests on. A
+    configuration that did not complete (still running or killed, diverged, interrupted) says so."""
     lines = ["| configuration | step | score [95% CI] (seeds x episodes) | action sensitivity | ensemble spread "
              "| policy distance | ood overestimation | dormant ratio | Q(s, a_data) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
+        name = r["ablation"] if r["status"] == "completed" else f"{r['ablation']} ({r['status']})"
         for c in r["curve"]:
-            lines.append(f"| {r['ablation']} | {c['step']:,} | {c['normalized_score']:.1f} [{c['score_ci_low']:.1f}, "
+            lines.append(f"| {name} | {c['step']:,} | {c['normalized_score']:.1f} [{c['score_ci_low']:.1f}, "
                          f"{c['score_ci_high']:.1f}] ({c['score_seeds']} x {c['score_episodes']}) "
                          f"| {c['action_sensitivity']:.3f} | {c['ensemble_spread']:.2f} | {c['policy_distance']:.2f} "
                          f"| {c['ood_overestimation']:.2f} | {c['dormant_ratio']:.2f} | {c['q_data_mean']:.0f} |")
@@ -178,14 +198,20 @@ def main(argv: list[str] | None = None) -> int:
         knobs = ablations(int(data.actions.shape[1]))
         uri = resolve_tracking_uri(args.tracking_uri)
         names = ([] if args.no_preset else ["preset"]) + args.ablation
-        results = [train_one(n, args.dataset, data, {**budget, **knobs.get(n, {})}, uri, args.experiment,
-                             not args.no_progress) for n in names]
+        run = {"benchmark": "pars_curve", "dataset": args.dataset, "tracking_uri": uri,
+               "figure": str(out / "pars_curve.png"), "results": []}
+        for n in names:
+            result = train_one(n, args.dataset, data, {**budget, **knobs.get(n, {})}, uri, args.experiment,
+                               not args.no_progress,
+                               save=lambda partial: write_json(out / "pars_curve.json",
+                                                               {**run, "results": [*run["results"], partial]}))
+            run["results"].append(result)
+            write_json(out / "pars_curve.json", run)
     except RLServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    figure = plot(results, f"PARS on {args.dataset}, {args.seeds} seeds", out / "pars_curve.png")
-    print(json.dumps({"benchmark": "pars_curve", "dataset": args.dataset, "tracking_uri": uri,
-                      "figure": str(figure), "results": results}))
+    plot(run["results"], f"PARS on {args.dataset}, {args.seeds} seeds", Path(run["figure"]))
+    print(json.dumps(run))
     return 0
 
 

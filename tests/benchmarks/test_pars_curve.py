@@ -2,7 +2,11 @@
 is an experiment, not a test)."""
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -26,6 +30,7 @@ def test_ablations_change_the_knob_they_name():
     assert table["target_subset_10"] == {"agent.target_subset": 10}
     assert table["actor_mean"] == {"agent.actor_q": "subset_mean", "agent.actor_q_subset": 10}
     assert table["reward_scale_1"]["agent.reward_scale"] == 1.0
+    assert table["fast_targets"] == {"agent.tau": 0.02}  # 4x the preset's 0.005
 
 
 @pytest.mark.slow
@@ -46,19 +51,20 @@ def test_pars_curve_logs_every_evaluation_to_mlflow_and_plots(hopper_random_data
         history = mlflow.MlflowClient(uri).get_metric_history(r["run_id"], "action_sensitivity")
         assert sorted(m.step for m in history) == [2, 4]
     assert (tmp_path / "pars_curve.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "pars_curve.json").read_text()) == out  # the file ends as what is printed
     assert pars_curve.main([*args, "--ablation", "bogus"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown ablation 'bogus'") and err.count("\n") == 1
 
 
-def _printed(dataset: str, name: str, scores: list[float]) -> str:
+def _printed(dataset: str, name: str, scores: list[float], status: str = "completed") -> str:
     """What a pars_curve run prints last, with a made-up curve: 2 seeds x 10 episodes per evaluation."""
     curve = [{"step": 5000 * (i + 1), "normalized_score": s, "score_ci_low": s - 1, "score_ci_high": s + 2,
               "score_seeds": 2, "score_episodes": 10, "action_sensitivity": 0.0234, "ensemble_spread": 1.5,
               "policy_distance": 1.25, "ood_overestimation": 0.5, "dormant_ratio": 0.25, "q_data_mean": 300.4}
              for i, s in enumerate(scores)]
     return "progress noise\n" + json.dumps({"dataset": dataset, "results": [
-        {"ablation": name, "seeds": 2, "curve": curve}]})
+        {"ablation": name, "status": status, "seeds": 2, "curve": curve}]})
 
 
 def test_merge_puts_runs_from_separate_processes_in_one_table_and_figure(tmp_path, capsys):
@@ -90,3 +96,26 @@ def test_merge_refuses_runs_on_different_datasets_and_files_that_are_not_a_run(t
     assert err[1].startswith(f"error: --merge {c}: not the JSON")
     assert err[2].startswith(f"error: --merge {train_json}: not the JSON")
     assert err[3].startswith("error: --dataset is required") and len(err) == 4
+
+
+@pytest.mark.slow
+def test_a_killed_run_keeps_its_curve_so_far_and_merge_marks_it(hopper_random_dataset, tmp_path, capsys):
+    saved = tmp_path / "pars_curve.json"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmarks" / "pars_curve.py"), "--dataset", hopper_random_dataset,
+         "--seeds", "1", "--steps", "1000000", "--eval-every", "2", "--eval-episodes", "1",
+         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(tmp_path), "--no-progress"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not (saved.exists() and len(json.loads(saved.read_text())["results"][0]["curve"]) >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, "no evaluation was saved"
+            time.sleep(0.2)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    (result,) = json.loads(saved.read_text())["results"]
+    assert result["status"] == "running" and result["steps"] == result["curve"][-1]["step"] >= 4
+    assert pars_curve.main(["--merge", str(saved), "--out", str(tmp_path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| preset")]
+    assert len(rows) >= 2 and all(row.startswith("| preset (running) | ") for row in rows)
