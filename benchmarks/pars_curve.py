@@ -200,13 +200,13 @@ def main(argv: list[str] | None = None) -> int:
         names = ([] if args.no_preset else ["preset"]) + args.ablation
         run = {"benchmark": "pars_curve", "dataset": args.dataset, "tracking_uri": uri,
                "figure": str(out / "pars_curve.png"), "results": []}
+        saved = out / "pars_curve.json"
         for n in names:
             result = train_one(n, args.dataset, data, {**budget, **knobs.get(n, {})}, uri, args.experiment,
                                not args.no_progress,
-                               save=lambda partial: write_json(out / "pars_curve.json",
-                                                               {**run, "results": [*run["results"], partial]}))
+                               save=lambda partial: write_json(saved, {**run, "results": [*run["results"], partial]}))
             run["results"].append(result)
-            write_json(out / "pars_curve.json", run)
+            write_json(saved, run)
     except RLServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
