@@ -17,7 +17,10 @@ status "running"), so a long run that is stopped or killed keeps its curve so fa
 
 Configurations can run in separate processes (one per core) and be put together afterwards:
 `--merge A.json --merge B.json` reads the JSON those runs printed, plots every configuration in one
-figure and prints a Markdown table of the scores and diagnostics at each evaluation.
+figure and prints a Markdown table of the scores and diagnostics at each evaluation. So can the
+seeds of one configuration (`--seeds 1 --seed 0`, `--seed 1`, ...: three seeds on two cores run
+faster as three processes than stacked in one learner): merge pools runs of the same configuration
+on disjoint seeds into one curve over all their seeds, at the steps every run reached.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 
@@ -64,6 +68,7 @@ def ablations(action_dim: int) -> dict[str, dict]:
 
 PANELS = ("normalized_score", "action_sensitivity", "ensemble_spread", "policy_distance",
           "ood_overestimation", "dormant_ratio")
+DIAGNOSTICS = (*PANELS[1:], "q_data_mean", "q_pi_mean")  # means over seeds
 
 
 def train_one(name: str, dataset: str, data, overrides: dict, uri: str, experiment: str, progress: bool,
@@ -77,6 +82,7 @@ def train_one(name: str, dataset: str, data, overrides: dict, uri: str, experime
         run = TrialRun(uri, experiment, None, f"pars-curve-{name}", run_params(run_config, action_dim, digest=data.digest),
                        {"issue": "23", "ablation": name})
         result = {"ablation": name, "status": "running", "steps": 0, "seeds": run_config.train.num_seeds,
+                  "first_seed": run_config.train.seed,
                   "episodes_per_seed": run_config.train.eval_episodes, "run_id": run.run_id, "curve": curve}
         probe_g = torch.Generator().manual_seed(run_config.train.seed + 7)
 
@@ -87,9 +93,8 @@ def train_one(name: str, dataset: str, data, overrides: dict, uri: str, experime
             row = {"step": step, "normalized_score": record["normalized_score"],
                    "normalized_score_std": record["normalized_score_std"],
                    **interval_metrics("score", interval.to_json()),
-                   **{k: float(per_seed[k].mean()) for k in PANELS[1:]},
-                   "q_data_mean": float(per_seed["q_data_mean"].mean()), "q_pi_mean": float(per_seed["q_pi_mean"].mean())}
-            curve.append(row)
+                   **{k: float(per_seed[k].mean()) for k in DIAGNOSTICS}}
+            curve.append({**row, "episode_scores": record["episode_scores"]})  # [seeds][episodes], for merge
             run.log_metrics(step, row)
             result["steps"] = step
             save(result)
@@ -138,6 +143,33 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pool_seeds(parts: list[dict]) -> dict:
+    """One configuration's runs on disjoint seeds as one run over all their seeds: at each step every
+    run reached, the mean and std over seeds, the interval over seeds x episodes, and the diagnostics'
+    mean over seeds. Not completed if any part is not."""
+    ranges = sorted((p.get("first_seed", 0), p.get("first_seed", 0) + p["seeds"]) for p in parts)
+    if any(b[0] < a[1] for a, b in zip(ranges, ranges[1:])):
+        raise ValueError(f"{parts[0]['ablation']!r} is in several runs with the same seeds {ranges}")
+    if any("episode_scores" not in c for p in parts for c in p["curve"]):
+        raise ValueError(f"{parts[0]['ablation']!r} is in several runs, one without episode scores to pool")
+    by_step = [{c["step"]: c for c in p["curve"]} for p in parts]
+    curve = []
+    for step in sorted(set.intersection(*(set(s) for s in by_step))):
+        rows = [s[step] for s in by_step]
+        episodes = [seed for r in rows for seed in r["episode_scores"]]
+        seed_means = np.array([np.mean(seed) for seed in episodes])
+        weights = np.array([len(r["episode_scores"]) for r in rows])
+        row = {"step": step, "normalized_score": float(seed_means.mean()), "normalized_score_std": float(seed_means.std()),
+               **interval_metrics("score", score_interval(episodes).to_json()),
+               **{k: float(np.average([r[k] for r in rows], weights=weights)) for k in DIAGNOSTICS},
+               "episode_scores": episodes}
+        curve.append(row)
+    unfinished = [p["status"] for p in parts if p["status"] != "completed"]
+    return {"ablation": parts[0]["ablation"], "status": unfinished[0] if unfinished else "completed",
+            "steps": curve[-1]["step"] if curve else 0, "seeds": int(sum(p["seeds"] for p in parts)),
+            "first_seed": ranges[0][0], "curve": curve}
+
+
 def merge(paths: list[str], out: Path) -> int:
     datasets, results = set(), []
     for path in paths:
@@ -151,6 +183,13 @@ def merge(paths: list[str], out: Path) -> int:
     if len(datasets) != 1:
         print(f"error: --merge: runs on different datasets {sorted(datasets)}", file=sys.stderr)
         return 2
+    names = list(dict.fromkeys(r["ablation"] for r in results))
+    try:
+        results = [pool_seeds(parts) if len(parts) > 1 else parts[0]
+                   for parts in ([r for r in results if r["ablation"] == n] for n in names)]
+    except ValueError as exc:
+        print(f"error: --merge: {exc}", file=sys.stderr)
+        return 2
     seeds = sorted({res["seeds"] for res in results})
     figure = plot(results, f"PARS on {datasets.pop()}, {'/'.join(map(str, seeds))} seeds", out / "pars_curve.png")
     print(table(results))
@@ -162,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", help="required unless --merge")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0, help="the first of the --seeds seeds")
     p.add_argument("--steps", type=int, default=300_000)
     p.add_argument("--eval-every", type=int, default=10_000)
     p.add_argument("--eval-episodes", type=int, default=None, help="default: the domain's (10 on MuJoCo)")
@@ -183,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dataset:
         print("error: --dataset is required (or --merge earlier runs' JSON)", file=sys.stderr)
         return 2
-    budget = {"train.steps": args.steps, "train.num_seeds": args.seeds, "train.eval_every": args.eval_every,
+    budget = {"train.steps": args.steps, "train.num_seeds": args.seeds, "train.seed": args.seed,
+              "train.eval_every": args.eval_every,
               "train.log_every": min(1000, args.eval_every)}
     if args.eval_episodes is not None:
         budget["train.eval_episodes"] = args.eval_episodes

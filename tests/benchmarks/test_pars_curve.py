@@ -3,6 +3,7 @@ is an experiment, not a test)."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,7 +37,7 @@ def test_ablations_change_the_knob_they_name():
 @pytest.mark.slow
 def test_pars_curve_logs_every_evaluation_to_mlflow_and_plots(hopper_random_dataset, tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["--dataset", hopper_random_dataset, "--seeds", "2", "--steps", "4", "--eval-every", "2",
+    args = ["--dataset", hopper_random_dataset, "--seeds", "2", "--seed", "3", "--steps", "4", "--eval-every", "2",
             "--eval-episodes", "1", "--ablation", "no_pa", "--tracking-uri", uri, "--out", str(tmp_path),
             "--no-progress"]
     assert pars_curve.main(args) == 0
@@ -44,6 +45,8 @@ def test_pars_curve_logs_every_evaluation_to_mlflow_and_plots(hopper_random_data
     assert [r["ablation"] for r in out["results"]] == ["preset", "no_pa"]
     for r in out["results"]:
         assert r["status"] == "completed" and [c["step"] for c in r["curve"]] == [2, 4]
+        assert (r["seeds"], r["first_seed"]) == (2, 3)
+        assert all(len(c["episode_scores"]) == 2 and len(c["episode_scores"][0]) == 1 for c in r["curve"])
         assert all(KEYS <= set(c) for c in r["curve"])
         for c in r["curve"]:  # every score with the interval and what it rests on: 2 seeds x 1 episode
             assert c["score_ci_low"] <= c["normalized_score"] <= c["score_ci_high"]
@@ -119,3 +122,40 @@ def test_a_killed_run_keeps_its_curve_so_far_and_merge_marks_it(hopper_random_da
     assert pars_curve.main(["--merge", str(saved), "--out", str(tmp_path)]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| preset")]
     assert len(rows) >= 2 and all(row.startswith("| preset (running) | ") for row in rows)
+
+
+def _seed_run(first_seed: int, episode_scores: list, spread: float, status: str = "completed") -> str:
+    """What a pars_curve run of the preset on seeds first_seed.. prints: per step, [seeds][episodes]."""
+    curve = [{"step": 5000 * (i + 1), "normalized_score": -1.0, "score_ci_low": -1.0, "score_ci_high": -1.0,
+              "score_seeds": len(scores), "score_episodes": len(scores[0]), "action_sensitivity": 0.02,
+              "ensemble_spread": spread, "policy_distance": 1.5, "ood_overestimation": 0.2, "dormant_ratio": 0.5,
+              "q_data_mean": 100.0 * spread, "q_pi_mean": 90.0, "episode_scores": scores}
+             for i, scores in enumerate(episode_scores)]
+    return json.dumps({"dataset": "d/x/medium-v0", "results": [
+        {"ablation": "preset", "status": status, "seeds": len(episode_scores[0]), "first_seed": first_seed,
+         "curve": curve}]})
+
+
+def test_merge_pools_one_configuration_run_as_one_process_per_seed(tmp_path, capsys):
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(_seed_run(0, [[[10.0, 20.0]], [[30.0, 50.0]]], spread=1.0))  # seed 0, to 10k
+    b.write_text(_seed_run(1, [[[0.0, 0.0], [40.0, 40.0]]], spread=2.5, status="running"))  # seeds 1-2, killed at 5k
+    assert pars_curve.main(["--merge", str(a), "--merge", str(b), "--out", str(tmp_path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| preset")]
+    assert len(rows) == 1  # only the step every run reached
+    cells = [x.strip() for x in rows[0].split("|")[1:-1]]
+    # per-seed means 15, 0, 40: mean 18.3 over 3 seeds x 2 episodes; spread (1.0 + 2 x 2.5) / 3 seeds = 2.00
+    assert cells[:2] == ["preset (running)", "5,000"]
+    mean, low, high, rests = re.fullmatch(r"(\S+) \[(\S+), (\S+)\] \((3 x 2)\)", cells[2]).groups()
+    assert float(mean) == 18.3 and float(low) < 18.3 < float(high) and rests == "3 x 2"
+    assert cells[4] == "2.00" and cells[8] == "200"  # Q(s, a_data): (100 + 2 x 250) / 3
+    pooled = pars_curve.pool_seeds([json.loads(a.read_text())["results"][0], json.loads(b.read_text())["results"][0]])
+    (row,) = pooled["curve"]
+    assert row["normalized_score_std"] == pytest.approx(((15 - 55 / 3) ** 2 + (55 / 3) ** 2 + (40 - 55 / 3) ** 2) ** 0.5
+                                                        / 3 ** 0.5)
+    assert (pooled["seeds"], pooled["first_seed"], pooled["steps"]) == (3, 0, 5000)
+
+    c.write_text(_seed_run(0, [[[1.0, 2.0]]], spread=1.0))  # seed 0 again
+    assert pars_curve.main(["--merge", str(a), "--merge", str(c), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --merge: 'preset' is in several runs with the same seeds") and err.count("\n") == 1
