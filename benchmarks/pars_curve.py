@@ -13,7 +13,13 @@ episodes: `score_ci_low`, `score_ci_high`, `score_seeds`, `score_episodes`), `ac
 `ood_overestimation` and `dormant_ratio` (means over seeds, on the trainer's held-out batch) to one
 MLflow run per configuration, plots them to `<out>/pars_curve.png`, and prints JSON. The same JSON
 is rewritten to `<out>/pars_curve.json` after every evaluation (the configuration in training has
-status "running"), so a long run that is stopped or killed keeps its curve so far.
+status "running"), so a long run that is stopped or killed keeps its curve so far; with it, each
+configuration's trainer state at its last evaluation goes to `<out>/runs/<configuration>/resume`, and
+`--resume` (the same command again) continues from there: configurations that completed their
+`--steps` are kept, the one that was stopped or killed goes on exactly as if it had not been (the
+same weights, optimiser moments, sampling stream and evaluation episodes), and a completed one with
+fewer steps than a larger `--steps` is carried on to them. SIGTERM stops the run at the next step and
+starts no further configuration.
 
 Configurations can run in separate processes (one per core) and be put together afterwards:
 `--merge A.json --merge B.json` reads the JSON those runs printed, plots every configuration in one
@@ -28,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,8 +47,9 @@ from rlservice.agent.diagnostics import action_diagnostics, diagnostics  # noqa:
 from rlservice.config.run import build_run_config  # noqa: E402
 from rlservice.data.minari_io import load_offline_data  # noqa: E402
 from rlservice.errors import RLServiceError  # noqa: E402
-from rlservice.tracking.runs import TrialRun, interval_metrics, run_params  # noqa: E402
-from rlservice.tracking.store import resolve_tracking_uri  # noqa: E402
+from rlservice.tracking.runs import RUN_STATUS, TrialRun, interval_metrics, run_params  # noqa: E402
+from rlservice.tracking.store import client, resolve_tracking_uri  # noqa: E402
+from rlservice.training.checkpoint import load_checkpoint  # noqa: E402
 from rlservice.training.intervals import score_interval  # noqa: E402
 from rlservice.training.trainer import Trainer  # noqa: E402
 
@@ -71,37 +77,77 @@ PANELS = ("normalized_score", "action_sensitivity", "ensemble_spread", "policy_d
 DIAGNOSTICS = (*PANELS[1:], "q_data_mean", "q_pi_mean")  # means over seeds
 
 
+RESUME = "resume"  # in a configuration's run folder: the trainer's state at its last evaluation
+
+
 def train_one(name: str, dataset: str, data, overrides: dict, uri: str, experiment: str, progress: bool,
-              save: Callable[[dict], None]) -> dict:
-    """Trains and evaluates one configuration; `save` gets its result so far after every evaluation."""
+              save: Callable[[dict], None], run_dir: Path, previous: dict | None = None) -> dict:
+    """Trains and evaluates one configuration; `save` gets its result so far after every evaluation
+    and `run_dir/resume` the state of the step evaluated. With `previous` (its result saved by an
+    earlier process) it continues from that state, in a new MLflow run tagged `resumed_from`."""
     action_dim = int(data.actions.shape[1])
     run_config = build_run_config(dataset, "pars", overrides=overrides, action_dim=action_dim)
-    curve: list[dict] = []
-    with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(run_config, run_dir, data=data)
-        run = TrialRun(uri, experiment, None, f"pars-curve-{name}", run_params(run_config, action_dim, digest=data.digest),
-                       {"issue": "23", "ablation": name})
-        result = {"ablation": name, "status": "running", "steps": 0, "seeds": run_config.train.num_seeds,
-                  "first_seed": run_config.train.seed,
-                  "episodes_per_seed": run_config.train.eval_episodes, "run_id": run.run_id, "curve": curve}
-        probe_g = torch.Generator().manual_seed(run_config.train.seed + 7)
+    tags = {"issue": "23", "ablation": name}
+    if previous is None:
+        trainer, curve = Trainer(run_config, run_dir, data=data), []
+    else:
+        trainer = resumed_trainer(run_config, run_dir / RESUME, data, previous)
+        curve = [c for c in previous["curve"] if c["step"] <= trainer.learner.steps]  # later rows are redone
+        tags["resumed_from"] = previous["run_id"]
+    run = TrialRun(uri, experiment, None, f"pars-curve-{name}", run_params(run_config, action_dim, digest=data.digest),
+                   tags)
+    for row in curve:  # the new run holds the whole curve
+        run.log_metrics(row["step"], {k: v for k, v in row.items() if k != "episode_scores"})
+    if previous is not None:
+        supersede(uri, previous["run_id"], run.run_id)
+    result = {"ablation": name, "status": "running", "steps": curve[-1]["step"] if curve else 0,
+              "seeds": run_config.train.num_seeds, "first_seed": run_config.train.seed,
+              "episodes_per_seed": run_config.train.eval_episodes, "digest": data.digest, "run_id": run.run_id,
+              "curve": curve}
 
-        def on_eval(step: int, record: dict) -> None:
-            per_seed = {**diagnostics(trainer.learner, trainer.diag_batch, probe_g),
-                        **action_diagnostics(trainer.learner, trainer.diag_batch, probe_g)}
-            interval = score_interval(record["episode_scores"])  # over seeds x episodes, as everywhere else
-            row = {"step": step, "normalized_score": record["normalized_score"],
-                   "normalized_score_std": record["normalized_score_std"],
-                   **interval_metrics("score", interval.to_json()),
-                   **{k: float(per_seed[k].mean()) for k in DIAGNOSTICS}}
-            curve.append({**row, "episode_scores": record["episode_scores"]})  # [seeds][episodes], for merge
-            run.log_metrics(step, row)
-            result["steps"] = step
-            save(result)
+    def on_eval(step: int, record: dict) -> None:
+        # The probe's uniform actions depend on the seed and the step only, so a resumed run draws the same.
+        probe_seed = np.random.SeedSequence([run_config.train.seed, step]).generate_state(1)[0]
+        probe_g = torch.Generator().manual_seed(int(probe_seed))
+        per_seed = {**diagnostics(trainer.learner, trainer.diag_batch, probe_g),
+                    **action_diagnostics(trainer.learner, trainer.diag_batch, probe_g)}
+        interval = score_interval(record["episode_scores"])  # over seeds x episodes, as everywhere else
+        row = {"step": step, "normalized_score": record["normalized_score"],
+               "normalized_score_std": record["normalized_score_std"],
+               **interval_metrics("score", interval.to_json()),
+               **{k: float(per_seed[k].mean()) for k in DIAGNOSTICS}}
+        curve.append({**row, "episode_scores": record["episode_scores"]})  # [seeds][episodes], for merge
+        run.log_metrics(step, row)
+        result["steps"] = step
+        save(result)
+        trainer.save_evaluated(RESUME)  # after the curve: a kill in between redoes this evaluation
 
-        outcome = trainer.run(on_log=run.log_metrics, on_eval=on_eval, progress=progress)
-        run.finish(outcome.status, outcome.history)
+    outcome = trainer.run(on_log=run.log_metrics, on_eval=on_eval, progress=progress)
+    run.finish(outcome.status, outcome.history)
     return {**result, "status": outcome.status, "steps": outcome.steps}
+
+
+def resumed_trainer(run_config, checkpoint: Path, data, previous: dict) -> Trainer:
+    """The trainer saved at `checkpoint`, with this command's budget; refused (one line) when the
+    checkpoint or the dataset is not the one this command would train."""
+    _, saved, _ = load_checkpoint(checkpoint)
+    same_budget = saved.model_copy(update={"train": saved.train.model_copy(update={"steps": run_config.train.steps})})
+    if same_budget != run_config:
+        raise RLServiceError(f"--resume: {checkpoint} was trained with other settings than this command's "
+                             "(only --steps may change)")
+    if previous.get("digest") != data.digest:
+        raise RLServiceError(f"--resume: {previous['ablation']!r} was trained on other data than "
+                             f"{run_config.dataset.id} holds now")
+    return Trainer.from_checkpoint(checkpoint, checkpoint.parent, data=data, steps=run_config.train.steps)
+
+
+def supersede(uri: str, old_run_id: str, new_run_id: str) -> None:
+    """Point the stopped run at the one that continues it, and end it if its process was killed."""
+    store = client(uri)
+    store.set_tag(old_run_id, "continued_in", new_run_id)
+    if store.get_run(old_run_id).info.status == "RUNNING":
+        store.set_tag(old_run_id, "status", "interrupted")
+        store.set_terminated(old_run_id, RUN_STATUS["interrupted"])
 
 
 def write_json(path: Path, run: dict) -> None:
@@ -197,6 +243,31 @@ def merge(paths: list[str], out: Path) -> int:
     return 0
 
 
+def saved_results(path: Path, dataset: str, names: list[str]) -> dict[str, dict]:
+    """The configurations of the run saved at `path`, by name, for --resume (none if nothing is saved
+    there yet, so one command serves from the first start to the last resume)."""
+    if not path.exists():
+        print(f"--resume: nothing saved in {path} yet; starting afresh", file=sys.stderr)
+        return {}
+    try:
+        run = json.loads(path.read_text())
+        results = {r["ablation"]: r for r in run["results"]}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RLServiceError(f"--resume: {path} is not a saved pars_curve run ({exc!r})") from None
+    if run.get("dataset") != dataset:
+        raise RLServiceError(f"--resume: {path} is a run on {run.get('dataset')}, not {dataset}")
+    if set(results) - set(names):
+        raise RLServiceError(f"--resume: {path} also holds {', '.join(sorted(set(results) - set(names)))}, "
+                             "which this command does not name")
+    return results
+
+
+def resumable(result: dict, steps: int) -> bool:
+    """Stopped or killed before its end, or completed short of a larger budget; not diverged."""
+    return result["status"] in ("running", "interrupted") or (result["status"] == "completed"
+                                                              and result["steps"] < steps)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", help="required unless --merge")
@@ -209,8 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-preset", action="store_true", help="run the ablations only")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--experiment", default="pars-curve")
-    p.add_argument("--out", default=".", help="folder for pars_curve.png")
+    p.add_argument("--out", default=".", help="folder for pars_curve.png, pars_curve.json and runs/")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out (same command; --steps may grow)")
     p.add_argument("--merge", action="append", default=[], metavar="JSON",
                    help="repeatable: plot and tabulate earlier runs' printed JSON instead of training")
     args = p.parse_args(argv)
@@ -242,12 +315,22 @@ def main(argv: list[str] | None = None) -> int:
         run = {"benchmark": "pars_curve", "dataset": args.dataset, "tracking_uri": uri,
                "figure": str(out / "pars_curve.png"), "results": []}
         saved = out / "pars_curve.json"
+        earlier = saved_results(saved, args.dataset, names) if args.resume else {}
         for n in names:
+            previous = earlier.get(n)
+            if previous is not None and not resumable(previous, args.steps):
+                run["results"].append(previous)  # finished: kept as it is
+                continue
             result = train_one(n, args.dataset, data, {**budget, **knobs.get(n, {})}, uri, args.experiment,
                                not args.no_progress,
-                               save=lambda partial: write_json(saved, {**run, "results": [*run["results"], partial]}))
+                               save=lambda partial: write_json(saved, {**run, "results": [*run["results"], partial]}),
+                               run_dir=out / "runs" / n, previous=previous if previous and previous["curve"] else None)
             run["results"].append(result)
             write_json(saved, run)
+            if result["status"] == "interrupted":
+                print(f"stopped at step {result['steps']:,} of {n!r}: run the same command with --resume to go on",
+                      file=sys.stderr)
+                break
     except RLServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -101,27 +101,80 @@ def test_merge_refuses_runs_on_different_datasets_and_files_that_are_not_a_run(t
     assert err[3].startswith("error: --dataset is required") and len(err) == 4
 
 
+def _launch(args: list[str], err: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "pars_curve.py"), *args],
+                            stdout=subprocess.DEVNULL, stderr=err.open("w"))
+
+
+def _wait_for_rows(proc: subprocess.Popen, saved: Path, rows: int) -> None:
+    deadline = time.monotonic() + 240
+    while True:
+        results = json.loads(saved.read_text())["results"] if saved.exists() else []
+        if results and len(results[-1]["curve"]) >= rows:
+            return
+        assert proc.poll() is None and time.monotonic() < deadline, f"no {rows} evaluations were saved"
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
-def test_a_killed_run_keeps_its_curve_so_far_and_merge_marks_it(hopper_random_dataset, tmp_path, capsys):
-    saved = tmp_path / "pars_curve.json"
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "benchmarks" / "pars_curve.py"), "--dataset", hopper_random_dataset,
-         "--seeds", "1", "--steps", "1000000", "--eval-every", "2", "--eval-episodes", "1",
-         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(tmp_path), "--no-progress"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 240
-        while not (saved.exists() and len(json.loads(saved.read_text())["results"][0]["curve"]) >= 2):
-            assert proc.poll() is None and time.monotonic() < deadline, "no evaluation was saved"
-            time.sleep(0.2)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    (result,) = json.loads(saved.read_text())["results"]
-    assert result["status"] == "running" and result["steps"] == result["curve"][-1]["step"] >= 4
-    assert pars_curve.main(["--merge", str(saved), "--out", str(tmp_path)]) == 0
+def test_a_stopped_then_killed_run_resumes_to_the_curve_it_would_have_had(hopper_random_dataset, tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = ["--dataset", hopper_random_dataset, "--seeds", "1", "--eval-every", "2", "--eval-episodes", "1",
+              "--ablation", "no_pa", "--tracking-uri", uri, "--no-progress"]
+    stopped, whole = tmp_path / "stopped", tmp_path / "whole"
+    stopped.mkdir(), whole.mkdir()
+    saved = stopped / "pars_curve.json"
+    endless = [*common, "--steps", "1000000", "--out", str(stopped)]
+
+    proc = _launch(endless, tmp_path / "term.err")  # SIGTERM: stops at a step, starts no other configuration
+    _wait_for_rows(proc, saved, 1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    assert "run the same command with --resume" in (tmp_path / "term.err").read_text()
+    (first,) = json.loads(saved.read_text())["results"]
+    assert first["status"] == "interrupted" and first["ablation"] == "preset"
+
+    proc = _launch([*endless, "--resume"], tmp_path / "kill.err")  # SIGKILL: nothing but the saved files
+    _wait_for_rows(proc, saved, len(first["curve"]) + 1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (second,) = json.loads(saved.read_text())["results"]
+    assert second["status"] == "running" and second["run_id"] != first["run_id"]
+    assert second["steps"] == second["curve"][-1]["step"] > first["curve"][-1]["step"]
+    assert pars_curve.main(["--merge", str(saved), "--out", str(tmp_path)]) == 0  # the curve so far, marked
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| preset")]
-    assert len(rows) >= 2 and all(row.startswith("| preset (running) | ") for row in rows)
+    assert len(rows) == len(second["curve"]) and all(row.startswith("| preset (running) | ") for row in rows)
+    target = second["curve"][-1]["step"] + 2
+
+    budget = [*common, "--steps", str(target)]
+    assert pars_curve.main([*budget, "--out", str(stopped), "--resume"]) == 0
+    resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert pars_curve.main([*budget, "--out", str(whole)]) == 0
+    uninterrupted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["ablation"] for r in resumed["results"]] == ["preset", "no_pa"]
+    for r, u in zip(resumed["results"], uninterrupted["results"], strict=True):
+        assert r["status"] == u["status"] == "completed" and r["steps"] == target
+        assert [c["step"] for c in r["curve"]] == list(range(2, target + 1, 2))
+        assert r["curve"] == u["curve"]  # every score, interval, episode and diagnostic, exactly
+
+    store = mlflow.MlflowClient(uri)
+    third = resumed["results"][0]
+    assert store.get_run(third["run_id"]).data.tags["resumed_from"] == second["run_id"]
+    killed_run = store.get_run(second["run_id"])
+    assert killed_run.info.status == "KILLED" and killed_run.data.tags["continued_in"] == third["run_id"]
+    assert store.get_run(first["run_id"]).data.tags["continued_in"] == second["run_id"]
+    history = store.get_metric_history(third["run_id"], "action_sensitivity")
+    assert sorted(m.step for m in history) == list(range(2, target + 1, 2))  # the new run holds the whole curve
+
+    assert pars_curve.main([*budget, "--out", str(stopped), "--resume"]) == 0  # nothing left to train
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"] == resumed["results"]
+    assert pars_curve.main([*budget, "--seed", "1", "--out", str(stopped), "--resume", "--steps", str(target + 2)]) == 2
+    (tmp_path / "pars_curve.json").write_text("{not json")
+    assert pars_curve.main([*budget, "--out", str(tmp_path), "--resume"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: --resume: ") and "other settings" in err[0]
+    assert err[1].startswith(f"error: --resume: {tmp_path / 'pars_curve.json'} is not a saved") and len(err) == 2
+    assert pars_curve.saved_results(whole / "nothing.json", hopper_random_dataset, ["preset"]) == {}  # a first start
 
 
 def _seed_run(first_seed: int, episode_scores: list, spread: float, status: str = "completed") -> str:
