@@ -24,4 +24,4 @@ quickstart: install
 	$(RLSERVICE) tune run tuning/quickstart.yaml --name quickstart-$$(date +%Y%m%d-%H%M%S)
 
 test: install
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q --durations=25    # the slowest tests, to keep the suite short
