@@ -47,9 +47,8 @@ from rlservice.agent.diagnostics import action_diagnostics, diagnostics  # noqa:
 from rlservice.config.run import build_run_config  # noqa: E402
 from rlservice.data.minari_io import load_offline_data  # noqa: E402
 from rlservice.errors import RLServiceError  # noqa: E402
-from rlservice.tracking.runs import RUN_STATUS, TrialRun, interval_metrics, run_params  # noqa: E402
-from rlservice.tracking.store import client, resolve_tracking_uri  # noqa: E402
-from rlservice.training.checkpoint import load_checkpoint  # noqa: E402
+from rlservice.tracking.runs import TrialRun, interval_metrics, run_params, supersede  # noqa: E402
+from rlservice.tracking.store import resolve_tracking_uri  # noqa: E402
 from rlservice.training.intervals import score_interval  # noqa: E402
 from rlservice.training.trainer import Trainer  # noqa: E402
 
@@ -130,24 +129,14 @@ def train_one(name: str, dataset: str, data, overrides: dict, uri: str, experime
 def resumed_trainer(run_config, checkpoint: Path, data, previous: dict) -> Trainer:
     """The trainer saved at `checkpoint`, with this command's budget; refused (one line) when the
     checkpoint or the dataset is not the one this command would train."""
-    _, saved, _ = load_checkpoint(checkpoint)
-    same_budget = saved.model_copy(update={"train": saved.train.model_copy(update={"steps": run_config.train.steps})})
-    if same_budget != run_config:
-        raise RLServiceError(f"--resume: {checkpoint} was trained with other settings than this command's "
-                             "(only --steps may change)")
     if previous.get("digest") != data.digest:
         raise RLServiceError(f"--resume: {previous['ablation']!r} was trained on other data than "
                              f"{run_config.dataset.id} holds now")
-    return Trainer.from_checkpoint(checkpoint, checkpoint.parent, data=data, steps=run_config.train.steps)
-
-
-def supersede(uri: str, old_run_id: str, new_run_id: str) -> None:
-    """Point the stopped run at the one that continues it, and end it if its process was killed."""
-    store = client(uri)
-    store.set_tag(old_run_id, "continued_in", new_run_id)
-    if store.get_run(old_run_id).info.status == "RUNNING":
-        store.set_tag(old_run_id, "status", "interrupted")
-        store.set_terminated(old_run_id, RUN_STATUS["interrupted"])
+    trainer = Trainer.from_checkpoint(checkpoint, checkpoint.parent, data=data, steps=run_config.train.steps)
+    if trainer.config != run_config:
+        raise RLServiceError(f"--resume: {checkpoint} was trained with other settings than this command's "
+                             "(only --steps may change)")
+    return trainer
 
 
 def write_json(path: Path, run: dict) -> None:

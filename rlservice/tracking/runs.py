@@ -235,6 +235,33 @@ class TrialRun:
             self._final = None
 
 
+def end_run(uri: str, run_id: str, status: str, score: float | None = None, score_std: float | None = None,
+            tags: dict[str, str] | None = None, interval: dict | None = None) -> None:
+    """End a run that its own process can no longer finish (no-op if it has ended)."""
+    c = client(uri)
+    if run_ended(c, run_id):
+        return
+    if score is not None:
+        c.log_metric(run_id, "score", score)
+        c.log_metric(run_id, "score_std", score_std or 0.0)
+        for key, value in (interval_metrics("score", interval) if interval else {}).items():
+            c.log_metric(run_id, key, value)
+    for key, value in {**(tags or {}), "status": status}.items():
+        c.set_tag(run_id, key, value)
+    c.set_terminated(run_id, RUN_STATUS[status])
+
+
+def supersede(uri: str, old_run_id: str, new_run_id: str) -> None:
+    """Point a run that was cut short at the run that continues it, and end it `interrupted` if
+    its process was killed before it could."""
+    end_run(uri, old_run_id, "interrupted")
+    client(uri).set_tag(old_run_id, "continued_in", new_run_id)
+
+
+def run_ended(c: MlflowClient, run_id: str) -> bool:
+    return c.get_run(run_id).info.status != "RUNNING"
+
+
 def log_training_run(uri: str, experiment: str, trainer, *, name: str | None = None, tags: dict | None = None,
                      progress: bool = True):
     """Run `trainer` with one MLflow run of its own: params, metrics at every log and evaluation,

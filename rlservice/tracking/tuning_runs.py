@@ -63,8 +63,8 @@ def finish_job(target: JobTracking, job: TuningJob, trials: list[dict[str, Any]]
     and register (`confirmed`, `champion`: see runs.finish_job)."""
     for trial in trials:
         if trial["run_id"]:
-            end_run(target, trial["run_id"], trial["status"], trial["score"], trial["score_std"],
-                    interval=trial.get("score_interval"))
+            runs.end_run(target.uri, trial["run_id"], trial["status"], trial["score"], trial["score_std"],
+                         interval=trial.get("score_interval"))
     end_superseded(target, trials)
     return runs.finish_job(
         target.uri, target.parent_run_id, trials, model_name=job.mlflow.registered_model,
@@ -100,22 +100,6 @@ def log_ope_quality(target: JobTracking, quality: dict[str, Any]) -> None:
     c.log_metric(target.parent_run_id, "ope_regret", quality["regret"])
 
 
-def end_run(target: JobTracking, run_id: str, status: str, score: float | None = None,
-            score_std: float | None = None, tags: dict[str, str] | None = None, interval: dict | None = None) -> None:
-    """End a trial's run that its own process can no longer finish (no-op if it has ended)."""
-    client = store.client(target.uri)
-    if _ended(client, run_id):
-        return
-    if score is not None:
-        client.log_metric(run_id, "score", score)
-        client.log_metric(run_id, "score_std", score_std or 0.0)
-        for key, value in (runs.interval_metrics("score", interval) if interval else {}).items():
-            client.log_metric(run_id, key, value)
-    for key, value in {**(tags or {}), "status": status}.items():
-        client.set_tag(run_id, key, value)
-    client.set_terminated(run_id, runs.RUN_STATUS[status])
-
-
 def end_superseded(target: JobTracking, trials: list[dict[str, Any]]) -> None:
     """End every child run of the job still RUNNING as `interrupted` and tag each run of an attempt
     that another run replaced with `continued_in` (trials: rows with `name` and the `run_id` Tune
@@ -134,14 +118,10 @@ def end_superseded(target: JobTracking, trials: list[dict[str, Any]]) -> None:
         replaced = successor not in (None, run.info.run_id)
         tags = {"continued_in": successor} if replaced and "continued_in" not in run.data.tags else {}
         if run.info.status == "RUNNING":
-            end_run(target, run.info.run_id, "interrupted", tags=tags)
+            runs.end_run(target.uri, run.info.run_id, "interrupted", tags=tags)
         else:
             for key, value in tags.items():
                 client.set_tag(run.info.run_id, key, value)
-
-
-def _ended(client, run_id: str) -> bool:
-    return client.get_run(run_id).info.status != "RUNNING"
 
 
 class TrialTracking:
@@ -159,14 +139,13 @@ class TrialTracking:
         run_file = run_dir / RUN_FILE
         previous = json.loads(run_file.read_text())["run_id"] if run_file.is_file() else None
         client = store.client(target.uri)
-        if previous and _ended(client, previous) and client.get_run(previous).data.tags.get("status") != "interrupted":
+        if previous and runs.run_ended(client, previous) and client.get_run(previous).data.tags.get("status") != "interrupted":
             return cls(None, previous)
         params = {**runs.run_params(run_config, action_dim, digest=digest), "searched": knobs}
         run = runs.TrialRun(target.uri, target.experiment, target.parent_run_id, name, params,
                                 tags={"tune_trial": name, "ray_node_id": node_id})
         if previous:
-            end_run(target, previous, "interrupted")  # no-op when the stopped driver has ended it
-            client.set_tag(previous, "continued_in", run.run_id)
+            runs.supersede(target.uri, previous, run.run_id)  # ends it unless the stopped driver has
         run_file.parent.mkdir(parents=True, exist_ok=True)
         run_file.write_text(json.dumps({"run_id": run.run_id}))
         return cls(run, run.run_id)

@@ -141,3 +141,19 @@ def test_processes_opening_a_new_sqlite_store_at_once_all_succeed(tmp_path):
     assert [p.returncode for p in procs] == [0] * n, "\n".join(e.strip().splitlines()[-1] for e in errors if e.strip())
     c = store.client(uri)
     assert len(c.search_runs([c.get_experiment_by_name("race").experiment_id])) == n
+
+
+def test_supersede_ends_a_run_left_running_and_points_every_cut_run_at_its_successor(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = store.client(uri)
+    experiment = store.experiment_id(c, uri, "supersede")
+    killed, stopped, successor = (c.create_run(experiment).info.run_id for _ in range(3))
+    c.set_tag(stopped, "status", "completed")
+    c.set_terminated(stopped, "FINISHED")  # its own process ended it: its outcome stays
+    for old in (killed, stopped):
+        runs.supersede(uri, old, successor)
+    killed_run, stopped_run = c.get_run(killed), c.get_run(stopped)
+    assert (killed_run.info.status, killed_run.data.tags["status"]) == ("KILLED", "interrupted")
+    assert (stopped_run.info.status, stopped_run.data.tags["status"]) == ("FINISHED", "completed")
+    assert killed_run.data.tags["continued_in"] == stopped_run.data.tags["continued_in"] == successor
+    assert c.get_run(successor).info.status == "RUNNING"
