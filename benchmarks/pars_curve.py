@@ -83,16 +83,18 @@ def train_one(name: str, dataset: str, data, overrides: dict, uri: str, experime
               save: Callable[[dict], None], run_dir: Path, previous: dict | None = None) -> dict:
     """Trains and evaluates one configuration; `save` gets its result so far after every evaluation
     and `run_dir/resume` the state of the step evaluated. With `previous` (its result saved by an
-    earlier process) it continues from that state, in a new MLflow run tagged `resumed_from`."""
+    earlier process) it continues from that state, in a new MLflow run tagged `resumed_from`, or
+    starts afresh if that process was killed before its first evaluation; either way the earlier
+    run is tagged `continued_in` and ended if its process could not end it."""
     action_dim = int(data.actions.shape[1])
     run_config = build_run_config(dataset, "pars", overrides=overrides, action_dim=action_dim)
     tags = {"issue": "23", "ablation": name}
-    if previous is None:
-        trainer, curve = Trainer(run_config, run_dir, data=data), []
-    else:
+    if previous is not None and previous["curve"]:
         trainer = resumed_trainer(run_config, run_dir / RESUME, data, previous)
         curve = [c for c in previous["curve"] if c["step"] <= trainer.learner.steps]  # later rows are redone
         tags["resumed_from"] = previous["run_id"]
+    else:
+        trainer, curve = Trainer(run_config, run_dir, data=data), []
     run = TrialRun(uri, experiment, None, f"pars-curve-{name}", run_params(run_config, action_dim, digest=data.digest),
                    tags)
     for row in curve:  # the new run holds the whole curve
@@ -103,6 +105,7 @@ def train_one(name: str, dataset: str, data, overrides: dict, uri: str, experime
               "seeds": run_config.train.num_seeds, "first_seed": run_config.train.seed,
               "episodes_per_seed": run_config.train.eval_episodes, "digest": data.digest, "run_id": run.run_id,
               "curve": curve}
+    save(result)  # before the first evaluation too: a resume after a kill then knows which run to end
 
     def on_eval(step: int, record: dict) -> None:
         # The probe's uniform actions depend on the seed and the step only, so a resumed run draws the same.
@@ -226,7 +229,8 @@ def merge(paths: list[str], out: Path) -> int:
         print(f"error: --merge: {exc}", file=sys.stderr)
         return 2
     seeds = sorted({res["seeds"] for res in results})
-    figure = plot(results, f"PARS on {datasets.pop()}, {'/'.join(map(str, seeds))} seeds", out / "pars_curve.png")
+    figure = plot(results, f"PARS on {datasets.pop()}, {'/'.join(map(str, seeds))} seed{'s' * (seeds != [1])}",
+                  out / "pars_curve.png")
     print(table(results))
     print(f"figure: {figure}")
     return 0
@@ -313,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             result = train_one(n, args.dataset, data, {**budget, **knobs.get(n, {})}, uri, args.experiment,
                                not args.no_progress,
                                save=lambda partial: write_json(saved, {**run, "results": [*run["results"], partial]}),
-                               run_dir=out / "runs" / n, previous=previous if previous and previous["curve"] else None)
+                               run_dir=out / "runs" / n, previous=previous)
             run["results"].append(result)
             write_json(saved, run)
             if result["status"] == "interrupted":
@@ -323,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     except RLServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    plot(run["results"], f"PARS on {args.dataset}, {args.seeds} seeds", Path(run["figure"]))
+    plot(run["results"], f"PARS on {args.dataset}, {args.seeds} seed{'s' * (args.seeds != 1)}", Path(run["figure"]))
     print(json.dumps(run))
     return 0
 

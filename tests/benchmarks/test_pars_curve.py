@@ -177,6 +177,30 @@ def test_a_stopped_then_killed_run_resumes_to_the_curve_it_would_have_had(hopper
     assert pars_curve.saved_results(whole / "nothing.json", hopper_random_dataset, ["preset"]) == {}  # a first start
 
 
+@pytest.mark.slow
+def test_a_run_killed_before_its_first_evaluation_starts_afresh_and_ends_the_old_run(hopper_random_dataset, tmp_path,
+                                                                                     capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = ["--dataset", hopper_random_dataset, "--seeds", "1", "--eval-episodes", "1", "--tracking-uri", uri,
+              "--no-progress", "--out", str(tmp_path)]
+    saved = tmp_path / "pars_curve.json"
+    proc = _launch([*common, "--steps", "1000000", "--eval-every", "1000000"], tmp_path / "kill.err")
+    _wait_for_rows(proc, saved, 0)  # saved as soon as its MLflow run exists
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (killed,) = json.loads(saved.read_text())["results"]
+    assert (killed["status"], killed["steps"], killed["curve"]) == ("running", 0, [])
+
+    assert pars_curve.main([*common, "--steps", "4", "--eval-every", "2", "--resume"]) == 0
+    (fresh,) = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]
+    assert fresh["status"] == "completed" and [c["step"] for c in fresh["curve"]] == [2, 4]
+    store = mlflow.MlflowClient(uri)
+    old = store.get_run(killed["run_id"])
+    assert (old.info.status, old.data.tags["status"], old.data.tags["continued_in"]) == ("KILLED", "interrupted",
+                                                                                         fresh["run_id"])
+    assert "resumed_from" not in store.get_run(fresh["run_id"]).data.tags  # nothing was carried over
+
+
 def _seed_run(first_seed: int, episode_scores: list, spread: float, status: str = "completed") -> str:
     """What a pars_curve run of the preset on seeds first_seed.. prints: per step, [seeds][episodes]."""
     curve = [{"step": 5000 * (i + 1), "normalized_score": -1.0, "score_ci_low": -1.0, "score_ci_high": -1.0,

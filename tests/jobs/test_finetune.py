@@ -75,10 +75,15 @@ def test_finetuning_improves_registers_and_honours_utd_and_mix(registered, uri, 
     update = Learner.update
     monkeypatch.setattr(Learner, "update", lambda self, batch: updates.append(1) or update(self, batch))
     mixed_batch = ft.mixed_batch
+    projection, offline_keys = None, None
 
     def counting(offline, *args):
+        nonlocal projection, offline_keys
         batch = mixed_batch(offline, *args)
-        same = (batch.obs[..., None, :] == offline.obs).all(dim=-1).any(dim=-1)  # the row is an offline one
+        if offline_keys is None:  # one number per offline row: a random projection of its observation
+            projection = torch.randn(offline.obs.shape[-1], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+            offline_keys = offline.obs.double() @ projection
+        same = torch.isin(batch.obs.double() @ projection, offline_keys)  # the row is an offline one
         rows["offline"] += int(same.sum())
         rows["all"] += same.numel()
         return batch
