@@ -21,7 +21,7 @@ from rlservice.runtime import search
 from rlservice.runtime.session import start_ray
 from rlservice.runtime.trial import TrialSetup, run_trial, scratch_root
 from rlservice.tracking.tuning_runs import JobTracking
-from rlservice.training.intervals import score_interval
+from rlservice.training.intervals import EPISODES, FQE_CRITICS, score_interval
 
 
 def connect() -> None:
@@ -165,7 +165,8 @@ def _row(job: TuningJob, trial: Trial) -> dict[str, Any]:
         "score": last.get("best_score"),
         "score_std": last.get("best_score_std"),
         # under offline selection the columns are the FQE ensemble's members, not episodes
-        "score_interval": score_interval(episodes, unit="FQE critics" if job.offline else "ep").to_json() if episodes else None,
+        "score_interval": score_interval(episodes, unit=FQE_CRITICS if job.offline else EPISODES).to_json()
+        if episodes else None,
         "final_score": last.get("score"),
         "fqe_score": last.get("fqe_score"),  # with offline_evaluation: FQE of the final policy
         "fqe_return": last.get("fqe_return"),

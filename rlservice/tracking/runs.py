@@ -29,7 +29,7 @@ from rlservice.config.run import AgentConfig, RunConfig
 from rlservice.errors import ConfigError
 from rlservice.tracking import registry
 from rlservice.tracking.store import TrackingError, client, error_line, experiment_id
-from rlservice.training.intervals import score_interval
+from rlservice.training.intervals import EPISODES, FQE_CRITICS, score_interval
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,8 @@ class TrialRun:
             step = best["step"] if best is not None else 0
             self.log_metrics(step, {"score": score, "score_std": score_std or 0.0})
             if best is not None and best.get("episode_scores") and score == best["normalized_score"]:
-                self.log_metrics(step, interval_metrics("score", score_interval(best["episode_scores"]).to_json()))
+                interval = score_interval(best["episode_scores"], unit=best.get("score_unit", EPISODES))
+                self.log_metrics(step, interval_metrics("score", interval.to_json()))
         from rlservice.tracking import (
             figures,  # matplotlib: imported only when a figure is drawn
         )
@@ -350,10 +351,14 @@ def finish_job(uri: str, parent_run_id: str, trials: list[dict], *, model_name: 
     return result
 
 
+COUNT_METRIC = {EPISODES: "episodes", FQE_CRITICS: "fqe_critics"}  # NAME_<this>: what a score's interval rests on
+
+
 def interval_metrics(name: str, interval: dict) -> dict[str, float]:
-    """A score's interval as run metrics: NAME_ci_low, NAME_ci_high, NAME_seeds, NAME_episodes."""
-    return {f"{name}_ci_low": interval["low"], f"{name}_ci_high": interval["high"],
-            f"{name}_seeds": interval["seeds"], f"{name}_episodes": interval["episodes"]}
+    """A score's interval as run metrics: NAME_ci_low, NAME_ci_high, NAME_seeds and NAME_episodes
+    (NAME_fqe_critics where FQE estimated the scores: its columns are critics, not episodes)."""
+    return {f"{name}_ci_low": interval["low"], f"{name}_ci_high": interval["high"], f"{name}_seeds": interval["seeds"],
+            f"{name}_{COUNT_METRIC[interval.get('unit', EPISODES)]}": interval["episodes"]}
 
 
 def _log_confirmed(c: MlflowClient, confirmed: list[dict]) -> None:
@@ -509,8 +514,9 @@ def _interval(metrics: dict[str, float], name: str) -> dict[str, Any] | None:
     """A score and its interval read back from a run's metrics (None where it was not logged)."""
     if name not in metrics or f"{name}_ci_low" not in metrics:
         return None
+    unit, count = next((u, c) for u, c in COUNT_METRIC.items() if f"{name}_{c}" in metrics)
     return {"mean": metrics[name], "low": metrics[f"{name}_ci_low"], "high": metrics[f"{name}_ci_high"],
-            "seeds": int(metrics[f"{name}_seeds"]), "episodes": int(metrics[f"{name}_episodes"])}
+            "seeds": int(metrics[f"{name}_seeds"]), "episodes": int(metrics[f"{name}_{count}"]), "unit": unit}
 
 
 def changed_knobs(params: dict[str, str]) -> dict[str, Any]:

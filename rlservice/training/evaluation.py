@@ -9,6 +9,7 @@ import numpy as np
 
 from rlservice.agent.policy import Policy
 from rlservice.data.minari_io import normalized_score
+from rlservice.training.intervals import EPISODES
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,7 @@ class Evaluation:
     returns: np.ndarray  # one per episode
     normalized: np.ndarray  # 100 * (return - ref_min) / (ref_max - ref_min)
     seeds: tuple[int, ...] = ()  # the environment seed of each episode
+    unit: str = EPISODES  # FQE_CRITICS where FQE estimated the scores: then there is one per critic
 
     @property
     def mean_return(self) -> float:

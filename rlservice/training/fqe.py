@@ -38,6 +38,7 @@ from rlservice.agent.policy import Policy
 from rlservice.data.buffer import ReplayBuffer
 from rlservice.data.minari_io import OfflineData, normalized_score
 from rlservice.training.evaluation import Evaluation
+from rlservice.training.intervals import FQE_CRITICS
 
 MEMBERS = 5
 FQE_HIDDEN, FQE_LAYERS = 256, 2
@@ -139,7 +140,7 @@ class FQEEvaluator:
     def submit(self, step: int, policies: list[Policy]) -> None:
         estimates = [fit_fqe(p, self.data, discount=self.discount, steps=self.steps, seed=self.seed, device=self.device)
                      for p in policies]
-        self._done.append((step, [Evaluation(e.members, e.member_scores) for e in estimates]))
+        self._done.append((step, [Evaluation(e.members, e.member_scores, unit=FQE_CRITICS) for e in estimates]))
 
     def finished(self) -> list[tuple[int, list[Evaluation]]]:
         done, self._done = self._done, []

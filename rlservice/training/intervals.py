@@ -18,6 +18,9 @@ REPLICATES = 2000  # enough for 95% percentile bounds to +-0.5% of the spread; f
 BOOTSTRAP_SEED = 0  # intervals are reproducible: the same scores give the same bounds
 
 
+EPISODES, FQE_CRITICS = "ep", "FQE critics"  # what the columns of an interval's scores are
+
+
 @dataclass(frozen=True)
 class Interval:
     mean: float
@@ -25,7 +28,7 @@ class Interval:
     high: float
     seeds: int
     episodes: int  # per seed
-    unit: str = "ep"  # what an "episode" is: "ep", or "FQE critics" where FQE estimated the scores
+    unit: str = EPISODES  # what the columns are: episodes, or FQE's critics where FQE estimated the scores
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -36,7 +39,7 @@ class Interval:
         return f"{self.mean:.2f} [{self.low:.2f}, {self.high:.2f}] ({seeds} x {self.episodes} {self.unit})"
 
 
-def score_interval(scores, replicates: int = REPLICATES, unit: str = "ep") -> Interval:
+def score_interval(scores, replicates: int = REPLICATES, unit: str = EPISODES) -> Interval:
     """Mean and 95% stratified-bootstrap interval of `scores` [seeds, episodes] (a 1-d array is one
     seed); `unit` names what the columns are."""
     from rliable import (

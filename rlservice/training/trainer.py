@@ -345,6 +345,7 @@ def evaluation_record(step: int, evaluations: list[Evaluation]) -> dict[str, Any
         "return_std": float(returns.std()),
         "episode_scores": [[float(x) for x in e.normalized] for e in evaluations],
         "episode_seeds": sorted({s for e in evaluations for s in e.seeds}),
+        "score_unit": evaluations[0].unit,  # what episode_scores' columns are
     }
 
 

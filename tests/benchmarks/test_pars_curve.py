@@ -101,9 +101,22 @@ def test_merge_refuses_runs_on_different_datasets_and_files_that_are_not_a_run(t
     assert err[3].startswith("error: --dataset is required") and len(err) == 4
 
 
-def _launch(args: list[str], err: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "pars_curve.py"), *args],
-                            stdout=subprocess.DEVNULL, stderr=err.open("w"))
+@pytest.fixture
+def launch():
+    """launch(args, err) starts pars_curve.py in its own process; any still running when the test
+    ends (it failed before stopping them) is killed."""
+    procs = []
+
+    def start(args: list[str], err: Path) -> subprocess.Popen:
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "pars_curve.py"), *args],
+                                      stdout=subprocess.DEVNULL, stderr=err.open("w")))
+        return procs[-1]
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _wait_for_rows(proc: subprocess.Popen, saved: Path, rows: int) -> None:
@@ -117,7 +130,8 @@ def _wait_for_rows(proc: subprocess.Popen, saved: Path, rows: int) -> None:
 
 
 @pytest.mark.slow
-def test_a_stopped_then_killed_run_resumes_to_the_curve_it_would_have_had(hopper_random_dataset, tmp_path, capsys):
+def test_a_stopped_then_killed_run_resumes_to_the_curve_it_would_have_had(hopper_random_dataset, tmp_path, capsys,
+                                                                          launch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     common = ["--dataset", hopper_random_dataset, "--seeds", "1", "--eval-every", "2", "--eval-episodes", "1",
               "--ablation", "no_pa", "--tracking-uri", uri, "--no-progress"]
@@ -126,7 +140,7 @@ def test_a_stopped_then_killed_run_resumes_to_the_curve_it_would_have_had(hopper
     saved = stopped / "pars_curve.json"
     endless = [*common, "--steps", "1000000", "--out", str(stopped)]
 
-    proc = _launch(endless, tmp_path / "term.err")  # SIGTERM: stops at a step, starts no other configuration
+    proc = launch(endless, tmp_path / "term.err")  # SIGTERM: stops at a step, starts no other configuration
     _wait_for_rows(proc, saved, 1)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 0
@@ -134,7 +148,7 @@ def test_a_stopped_then_killed_run_resumes_to_the_curve_it_would_have_had(hopper
     (first,) = json.loads(saved.read_text())["results"]
     assert first["status"] == "interrupted" and first["ablation"] == "preset"
 
-    proc = _launch([*endless, "--resume"], tmp_path / "kill.err")  # SIGKILL: nothing but the saved files
+    proc = launch([*endless, "--resume"], tmp_path / "kill.err")  # SIGKILL: nothing but the saved files
     _wait_for_rows(proc, saved, len(first["curve"]) + 1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -179,12 +193,12 @@ def test_a_stopped_then_killed_run_resumes_to_the_curve_it_would_have_had(hopper
 
 @pytest.mark.slow
 def test_a_run_killed_before_its_first_evaluation_starts_afresh_and_ends_the_old_run(hopper_random_dataset, tmp_path,
-                                                                                     capsys):
+                                                                                     capsys, launch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     common = ["--dataset", hopper_random_dataset, "--seeds", "1", "--eval-episodes", "1", "--tracking-uri", uri,
               "--no-progress", "--out", str(tmp_path)]
     saved = tmp_path / "pars_curve.json"
-    proc = _launch([*common, "--steps", "1000000", "--eval-every", "1000000"], tmp_path / "kill.err")
+    proc = launch([*common, "--steps", "1000000", "--eval-every", "1000000"], tmp_path / "kill.err")
     _wait_for_rows(proc, saved, 0)  # saved as soon as its MLflow run exists
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -73,6 +73,13 @@ def test_offline_selection_tunes_a_dataset_whose_env_is_not_installed(unregister
     for run in child_runs(uri, out["mlflow"]["parent_run_id"]):
         assert {"fqe_score", "fqe_return"} <= set(run.data.metrics) and "normalized_score" not in run.data.metrics
         assert [m.step for m in client.get_metric_history(run.info.run_id, "fqe_score")] == [200]
+        # what the score's interval rests on is named for what it is: FQE's critics, not episodes
+        assert run.data.metrics["score_fqe_critics"] == 5 and "score_episodes" not in run.data.metrics
+    experiment = client.get_experiment(client.get_run(out["mlflow"]["parent_run_id"]).info.experiment_id).name
+    listed = rlservice("best", "--experiment", experiment, env=service_env, timeout=120)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    rows = [line for line in listed.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert len(rows) == 2 and all("FQE critics)" in row and " ep)" not in row for row in rows), listed.stdout
 
 
 def test_offline_selection_with_asha_is_refused_in_one_line(tiny_job, service_env):

@@ -16,6 +16,7 @@ from rlservice.errors import RLServiceError
 from rlservice.paths import home
 from rlservice.tracking import figures, runs, store
 from rlservice.tracking.registry import model_uri
+from rlservice.training.intervals import EPISODES, FQE_CRITICS
 
 
 def test_tracking_uri_precedence(monkeypatch):
@@ -157,3 +158,22 @@ def test_supersede_ends_a_run_left_running_and_points_every_cut_run_at_its_succe
     assert (stopped_run.info.status, stopped_run.data.tags["status"]) == ("FINISHED", "completed")
     assert killed_run.data.tags["continued_in"] == stopped_run.data.tags["continued_in"] == successor
     assert c.get_run(successor).info.status == "RUNNING"
+
+
+def test_a_score_fqe_estimated_says_its_interval_rests_on_critics_not_episodes(tmp_path):
+    """Under offline selection a trial's scores per seed are its FQE critics' estimates."""
+    from rlservice.commands.best import _table
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for unit, low in ((FQE_CRITICS, 1.0), (EPISODES, 0.0)):  # scores 3 and 2: in that order in `best`
+        scores = [[low + i for i in range(5)]]
+        history = [{"step": 10, "normalized_score": low + 2, "normalized_score_std": 0.0, "episode_scores": scores,
+                    "score_unit": unit}]
+        run = runs.TrialRun(uri, "units", None, unit, {})
+        assert run.finish("completed", history)
+        metrics = store.client(uri).get_run(run.run_id).data.metrics
+        counted = {"score_fqe_critics", "score_episodes"} & set(metrics)
+        assert counted == {"score_fqe_critics" if unit == FQE_CRITICS else "score_episodes"}
+        assert metrics[counted.pop()] == 5
+    fqe, online = _table(runs.best_runs(uri, "units")).splitlines()[1:3]
+    assert "3.00 [" in fqe and "(1 seed x 5 FQE critics)" in fqe and "(1 seed x 5 ep)" in online
