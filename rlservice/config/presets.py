@@ -77,14 +77,18 @@ PARS_TABLE_8_Q_MIN = {
 
 # PARS's MuJoCo results (64.2 on halfcheetah-medium) are at the paper's 1M gradient steps, with no BC
 # term. Short of that its score depends on the dataset (issue 23): on halfcheetah-medium data it gave
-# at most 10 at 50k steps on an independent dataset and 48.5 at 15k on one factory build, but 0.1 at
-# 10k on another (TD3+BC: 45.5), where a BC term of TD3+BC's strength gave 51.8 by 5k (3 seeds each).
+# at most 10 at 50k steps on an independent dataset; on factory builds (3 seeds each) 48.5 at 15k on
+# one, 0.1 at 10k on another (TD3+BC: 45.5), where a BC term of TD3+BC's strength gave 51.8 by 5k,
+# and 9.1 at 10k, then 63.5 at 20k and 62-64 to 40k on a third, where 0.01 x d gave 57.7 at 10k
+# (seed 0; 13.3 without).
 PARS_MUJOCO_STEPS = 1_000_000
-PARS_SHORT_BUDGET_EVIDENCE = ("without a BC term its score at short budgets depends on the dataset (halfcheetah-medium: "
-                              "48.5 at 15k steps on one dataset, 0.1 at 10k on another, where bc_weight=0.4 gave 51.8 at 5k)")
+PARS_SHORT_BUDGET_EVIDENCE = ("without a BC term its score at short budgets depends on the dataset (halfcheetah-medium, "
+                              "3 seeds: 48.5 at 15k steps on one dataset; 0.1 at 10k on another, where bc_weight=0.4 "
+                              "gave 51.8 at 5k; 9.1 at 10k, then 63.5 at 20k on a third)")
 PARS_SHORT_BUDGET_NOTE = (f"PARS's published MuJoCo scores are at {PARS_MUJOCO_STEPS:,} steps; "
                           f"{PARS_SHORT_BUDGET_EVIDENCE}: judge it at the full budget, or add a BC term "
-                          "(bc_weight=0.4 is TD3+BC's strength; 0.01 x d did not lift it by 10k)")
+                          "(bc_weight=0.4 is TD3+BC's strength; 0.01 x d lifted the third to 57.7 at 10k, seed 0, "
+                          "but not the second by 10k)")
 
 # DMG (Mao et al., NeurIPS 2024), Table 5 and the official README: nu by dataset quality (MuJoCo).
 DMG_NU = {"random": 0.1, "medium": 0.1, "medium-replay": 0.1, "medium-expert": 10.0, "expert": 10.0}
