@@ -72,7 +72,7 @@ def test_every_logged_metric_value_reached_the_server(job):
         expected = {}
         for step, metrics in calls:
             for key, value in metrics.items():
-                if key != "step" and not isinstance(value, (bool, list)):  # lists: per-episode scores and seeds
+                if key != "step" and not isinstance(value, (bool, list, str)):  # per-episode lists, score_unit
                     expected.setdefault(key, []).append((step, pytest.approx(value)))
         assert {"critic_loss", "normalized_score", "ood_overestimation"} <= expected.keys()
         for key, points in expected.items():
@@ -137,7 +137,7 @@ def test_best_command_lists_trials_in_score_order(job, hopper_random_dataset, ca
         assert row["knobs"] == {"pa_alpha": trial["config"]["pa_alpha"], "critic_hidden": 32, "actor_hidden": 32}
         # one seed, one episode per evaluation: the interval says so (and is the point itself), never `std 0`
         assert row["score_interval"] == {"mean": pytest.approx(row["score"]), "low": pytest.approx(row["score"]),
-                                         "high": pytest.approx(row["score"]), "seeds": 1, "episodes": 1}
+                                         "high": pytest.approx(row["score"]), "seeds": 1, "episodes": 1, "unit": "ep"}
         assert row["confirmed"] is None
 
     assert main(["best", "--experiment", EXPERIMENT, "--top", "2", "--tracking-uri", job["uri"]]) == 0

@@ -68,7 +68,7 @@ def test_models_list_and_show(registered, register_job, mlflow_server, capsys):
 
     assert main(["best", "--experiment", "registry-test", "--json", "--tracking-uri", uri]) == 0
     row = next(r for r in json.loads(capsys.readouterr().out) if r["run_id"] == registered["best_run_id"])
-    assert row["confirmed"] == {"mean": 45.0, "low": 44.0, "high": 46.0, "seeds": 1, "episodes": 50}
+    assert row["confirmed"] == {"mean": 45.0, "low": 44.0, "high": 46.0, "seeds": 1, "episodes": 50, "unit": "ep"}
     assert row["confirmed_checkpoint"] == "best"
 
     assert main(["models", "show", "no-such-model", "--tracking-uri", uri]) == 2
